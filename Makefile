@@ -1,0 +1,70 @@
+# lua-vpp: `make`, `make test`, `make valgrind`, `make install PREFIX=DIR`.
+LUA_VERSION ?= 5.4
+PREFIX ?= /usr/local
+DESTDIR ?=
+LUA ?= lua$(LUA_VERSION)
+PKG_CONFIG ?= pkg-config
+LUA_PC ?= lua$(LUA_VERSION)
+BUSTED ?= busted
+
+LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
+CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
+CURL_LIBS ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null)
+
+CFLAGS ?= -O2 -g
+CFLAGS += -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS)
+# A Lua C module never links liblua: the host provides its symbols.
+LDFLAGS_SHARED ?= -shared
+LIBS = $(CURL_LIBS) -lm -lpthread
+
+LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
+LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
+
+SRCS = $(wildcard src/*.c)
+OBJS = $(patsubst src/%.c,build/$(LUA_VERSION)/obj/%.o,$(SRCS))
+CORE = build/$(LUA_VERSION)/vpp/core.so
+
+# What `make test` needs on Debian 12; installed when missing (as root).
+DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
+  libcurl4-openssl-dev lua-cjson lua-busted lua-socket nginx-light \
+  libnginx-mod-http-lua openssl luarocks valgrind curl
+
+export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
+export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
+
+.PHONY: all deps test valgrind install uninstall clean
+
+all: $(CORE)
+
+$(CORE): $(OBJS)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS_SHARED) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
+
+build/$(LUA_VERSION)/obj/%.o: src/%.c src/vpp.h src/curl_codes.h
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -c -o $@ $<
+
+deps:
+	@sh .ci/deps.sh $(DEB_PACKAGES)
+
+test: deps
+	$(MAKE) all
+	$(BUSTED) --lua=$(LUA) spec
+
+valgrind: deps
+	$(MAKE) all
+	VPP_VALGRIND=1 valgrind --quiet --error-exitcode=99 --leak-check=full \
+	  --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
+	  --suppressions=spec/valgrind.supp --num-callers=30 \
+	  $(LUA) -e 'package.path = "$(CURDIR)/spec/?.lua;" .. package.path' spec/run_busted.lua spec
+
+install: $(CORE)
+	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)
+	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
+	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
+
+uninstall:
+	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
+
+clean:
+	rm -rf build

@@ -1,0 +1,184 @@
+-- Run-time failures return nil, err with a structured err; nothing raises.
+local support = require "support"
+local vpp = require "vpp"
+
+describe("run-time errors", function()
+  local server, client
+
+  setup(function() server = support.start() end)
+  teardown(function() server:stop() end)
+  before_each(function()
+    server:reset()
+    client = support.client(server)
+  end)
+  after_each(function() client:close() end)
+
+  local function fails(...)
+    local ok, err = ...
+    assert.is_nil(ok)
+    assert.is_table(err)
+    assert.is_true(vpp.is_error(err))
+    return err
+  end
+
+  describe("kind http", function()
+    it("carries Graph's error code, message and request-id", function()
+      local err = fails(client:sync_licenses("no-such-token"))
+      assert.equal("http", err.kind)
+      assert.equal(404, err.status)
+      assert.equal("ResourceNotFound", err.code)
+      assert.equal("The requested vppToken was not found.", err.message)
+      assert.matches("^%x+%-", err.request_id)
+      assert.matches("^%x+%-", err.client_request_id)
+    end)
+
+    it("takes the request-id from innerError when the header is missing", function()
+      server:program("x", { { status = 403, no_request_id = true,
+        body = [[{"error":{"code":"Forbidden","message":"Nope","innerError":{"request-id":"inner-rid-1","date":"2026-01-01T00:00:00"}}}]] } })
+      local err = fails(client:get_token("x"))
+      assert.equal(403, err.status)
+      assert.equal("Forbidden", err.code)
+      assert.equal("inner-rid-1", err.request_id)
+    end)
+
+    it("reports 401 InvalidAuthenticationToken", function()
+      server:program("x", { { status = 401, error = "InvalidAuthenticationToken", message = "Lifetime validation failed, the token is expired." } })
+      local err = fails(client:sync_licenses("x"))
+      assert.equal(401, err.status)
+      assert.equal("InvalidAuthenticationToken", err.code)
+    end)
+
+    it("reports 429 and 503 with their codes", function()
+      server:program("x", {
+        { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "3" } },
+        { status = 503, error = "ServiceUnavailable" },
+      })
+      assert.equal(429, fails(client:sync_licenses("x")).status)
+      local err = fails(client:sync_licenses("x"))
+      assert.equal(503, err.status)
+      assert.equal("ServiceUnavailable", err.code)
+    end)
+
+    it("handles an error answer that is not JSON", function()
+      server:program("x", { { status = 502, body = "<html>Bad gateway</html>", content_type = "text/html" } })
+      local err = fails(client:get_token("x"))
+      assert.equal("http", err.kind)
+      assert.equal(502, err.status)
+      assert.is_nil(err.code)
+      assert.matches("HTTP 502", err.message)
+    end)
+
+    it("does not treat a list page error as a partial success", function()
+      server:program("@list", { { status = 500, error = "InternalServerError" } })
+      local err = fails(client:list_tokens())
+      assert.equal(500, err.status)
+    end)
+  end)
+
+  describe("kind decode", function()
+    for name, body in pairs {
+      malformed = '{"id": "x", "state": }',
+      truncated = '{"value": {"id": "x", "state": "val',
+      ["not JSON"] = "OK, license sync started",
+      ["not an object"] = '["x"]',
+      ["a bare string"] = '"x"',
+    } do
+      it("for a 2xx whose body is " .. name, function()
+        server:program("x", { { status = 200, body = body } })
+        local err = fails(client:sync_licenses("x"))
+        assert.equal("decode", err.kind)
+        assert.equal(200, err.status)
+        assert.equal("invalid_response", err.code)
+        assert.is_string(err.message)
+      end)
+    end
+
+    it("for a list page without a value array", function()
+      server:program("@list", { { body = '{"items": []}' } })
+      assert.equal("decode", fails(client:list_tokens()).kind)
+    end)
+  end)
+
+  describe("kind transport", function()
+    it("for a refused connection", function()
+      local probe = require("socket").bind("127.0.0.1", 0)
+      local _, port = probe:getsockname()
+      probe:close() -- nothing listens there now
+      local c = support.client(server, { base_url = "http://127.0.0.1:" .. port })
+      local err = fails(c:sync_licenses("x"))
+      c:close()
+      assert.equal("transport", err.kind)
+      assert.is_nil(err.status)
+      assert.equal("COULDNT_CONNECT", err.code)
+    end)
+
+    it("for a timeout", function()
+      server:program("x", { { delay = 3, body = '{"id":"x"}' } })
+      local c = support.client(server, { timeout = 0.5 })
+      local t0 = support.now()
+      local err = fails(c:sync_licenses("x"))
+      c:close()
+      assert.equal("OPERATION_TIMEDOUT", err.code)
+      assert.equal("transport", err.kind)
+      assert.is_true(support.now() - t0 < 2.5)
+    end)
+
+    it("for a connection dropped without an answer", function()
+      -- On a fresh client: libcurl itself retries once when a *reused*
+      -- connection dies before answering.
+      server:program("x", { { drop = true } })
+      local err = fails(client:sync_licenses("x"))
+      assert.equal("transport", err.kind)
+      assert.equal("GOT_NOTHING", err.code)
+    end)
+
+    it("for a body cut short by a closed connection", function()
+      server:program("x", { { cut = 20, body = '{"value":{"id":"x","state":"valid","padding":"0123456789"}}' } })
+      local err = fails(client:sync_licenses("x"))
+      assert.equal("transport", err.kind)
+      assert.equal("PARTIAL_FILE", err.code)
+    end)
+
+    it("for a body over max_response_bytes announced by Content-Length", function()
+      server:program("x", { { big = 3 * 1024 * 1024 } })
+      local c = support.client(server, { max_response_bytes = 1024 * 1024 })
+      local err = fails(c:get_token("x"))
+      c:close()
+      assert.equal("transport", err.kind)
+      assert.equal("response_too_large", err.code)
+    end)
+
+    it("for a streamed body, stopping as soon as it passes max_response_bytes", function()
+      -- 400 chunks of 64 KiB, 20 ms apart: 8 s and 25 MiB if read to the end.
+      server:program("x", { { stream = { chunk = 65536, count = 400, delay = 0.02 } } })
+      local c = support.client(server, { max_response_bytes = 256 * 1024 })
+      local t0 = support.now()
+      local err = fails(c:get_token("x"))
+      c:close()
+      assert.equal("response_too_large", err.code)
+      assert.is_true(support.now() - t0 < 4, "the transfer was not stopped early")
+    end)
+
+    it("leaves the client usable after a failure", function()
+      server:program("x", { { drop = true } })
+      fails(client:sync_licenses("x"))
+      server:program("x", { { body = '{"id":"x","state":"valid"}' } })
+      assert.equal("valid", client:sync_licenses("x").state)
+    end)
+  end)
+
+  describe("tostring(err)", function()
+    it("gives one readable line", function()
+      local err = fails(client:sync_licenses("no-such-token"))
+      local s = tostring(err)
+      assert.matches("^vpp: http 404 ResourceNotFound: The requested vppToken was not found%. %(request%-id ", s)
+      assert.matches("client%-request%-id " .. err.client_request_id:gsub("%-", "%%-"), s)
+      assert.not_matches("\n", s)
+    end)
+
+    it("names the transport failure", function()
+      server:program("x", { { drop = true } })
+      assert.matches("^vpp: transport GOT_NOTHING: ", tostring(fails(client:sync_licenses("x"))))
+    end)
+  end)
+end)

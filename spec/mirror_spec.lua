@@ -1,0 +1,117 @@
+-- The returned tables mirror Graph's JSON exactly.
+local support = require "support"
+local vpp = require "vpp"
+
+describe("returned tables mirror the JSON", function()
+  local server, client
+
+  setup(function() server = support.start() end)
+  teardown(function() server:stop() end)
+  before_each(function()
+    server:reset()
+    client = support.client(server)
+  end)
+  after_each(function() client:close() end)
+
+  local function answer(id, body, extra)
+    local r = { status = 200, body = body }
+    for k, v in pairs(extra or {}) do r[k] = v end
+    server:program(id, { r })
+  end
+
+  it("keeps keys, @odata.type, nesting, booleans and unknown properties", function()
+    answer("t1", [==[{"value":{"@odata.type":"#microsoft.graph.vppToken","id":"t1",
+      "state":"valid","automaticallyUpdateApps":true,"dataSharingConsentGranted":false,
+      "tokenActionResults":[{"@odata.type":"microsoft.graph.vppTokenActionResult","actionName":"Action Name value","actionState":"pending"}],
+      "roleScopeTagIds":["0","7"],"futureBetaProperty":{"nested":{"deeper":[1,[2,3]]}}}}]==])
+    local tok = assert(client:sync_licenses("t1"))
+    assert.equal("#microsoft.graph.vppToken", tok["@odata.type"])
+    assert.equal("t1", tok.id)
+    assert.is_true(tok.automaticallyUpdateApps)
+    assert.is_false(tok.dataSharingConsentGranted)
+    assert.equal("pending", tok.tokenActionResults[1].actionState)
+    assert.equal("microsoft.graph.vppTokenActionResult", tok.tokenActionResults[1]["@odata.type"])
+    assert.same({ "0", "7" }, tok.roleScopeTagIds)
+    assert.same({ nested = { deeper = { 1, { 2, 3 } } } }, tok.futureBetaProperty)
+    assert.is_nil(tok.value)
+  end)
+
+  it("gives JSON null as vpp.null", function()
+    answer("t2", [[{"id":"t2","lastSyncDateTime":null,"list":[null,1]}]])
+    local tok = assert(client:get_token("t2"))
+    assert.equal(vpp.null, tok.lastSyncDateTime)
+    assert.equal(vpp.null, tok.list[1])
+    assert.not_nil(vpp.null)
+  end)
+
+  it("gives integral numbers as Lua integers and the others as floats", function()
+    answer("t3", [[{"id":"t3","count":42,"negative":-7,"zero":0,"big":4503599627370496,
+      "ratio":2.5,"tiny":1e-3,"exp":1.5e3,"nested":[{"n":9}]}]])
+    local tok = assert(client:get_token("t3"))
+    assert.equal("integer", math.type(tok.count))
+    assert.equal(42, tok.count)
+    assert.equal("integer", math.type(tok.negative))
+    assert.equal("integer", math.type(tok.zero))
+    assert.equal("integer", math.type(tok.big))
+    assert.equal(4503599627370496, tok.big)
+    assert.equal("integer", math.type(tok.nested[1].n))
+    assert.equal("float", math.type(tok.ratio))
+    assert.equal(2.5, tok.ratio)
+    assert.equal("float", math.type(tok.tiny))
+    assert.equal("integer", math.type(tok.exp)) -- 1.5e3 is the integer 1500
+  end)
+
+  it("gives empty arrays and objects as empty tables", function()
+    answer("t4", [[{"id":"t4","roleScopeTagIds":[],"tokenActionResults":[],"extra":{}}]])
+    local tok = assert(client:get_token("t4"))
+    assert.same({}, tok.roleScopeTagIds)
+    assert.same({}, tok.tokenActionResults)
+    assert.same({}, tok.extra)
+  end)
+
+  it("keeps strings byte for byte and decodes UTF-8 escapes", function()
+    answer("t5", '{"id":"t5","organizationName":"Z\\u00fcrich \\u65e5\\u672c \\ud83d\\ude00",'
+      .. '"displayName":"Säo Paulo – 東京","locationName":"tab\\tquote\\"slash\\/nl\\n"}')
+    local tok = assert(client:get_token("t5"))
+    assert.equal("Z\xc3\xbcrich \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x98\x80", tok.organizationName)
+    assert.equal("Säo Paulo – 東京", tok.displayName)
+    assert.equal('tab\tquote"slash/nl\n', tok.locationName)
+  end)
+
+  it("accepts the bare entity as well as the {value: ...} wrapper", function()
+    answer("t6", [[{"value":{"id":"t6","state":"valid"}}]])
+    answer("t7", [[{"id":"t7","state":"expired","@odata.context":"x"}]])
+    local wrapped = assert(client:sync_licenses("t6"))
+    local bare = assert(client:sync_licenses("t7"))
+    assert.same({ id = "t6", state = "valid" }, wrapped)
+    assert.same({ id = "t7", state = "expired", ["@odata.context"] = "x" }, bare)
+  end)
+
+  it("mirrors the documented syncLicenses example field for field", function()
+    local doc = [[{"value":{"@odata.type":"#microsoft.graph.vppToken","id":"9ceb2f92-2f92-9ceb-922f-eb9c922feb9c",
+      "organizationName":"Organization Name value","vppTokenAccountType":"education","appleId":"Apple Id value",
+      "expirationDateTime":"2016-12-31T23:57:57.2481234-08:00","lastSyncDateTime":"2017-01-01T00:02:49.3205976-08:00",
+      "token":"Token value","lastModifiedDateTime":"2017-01-01T00:00:35.1329464-08:00","state":"valid",
+      "lastSyncStatus":"inProgress","automaticallyUpdateApps":true,"countryOrRegion":"Country Or Region value"}}]]
+    answer("9ceb2f92-2f92-9ceb-922f-eb9c922feb9c", doc)
+    local tok = assert(client:sync_licenses("9ceb2f92-2f92-9ceb-922f-eb9c922feb9c"))
+    assert.same(require("cjson").decode(doc).value, tok)
+  end)
+
+  it("returns a table holding the id for a 2xx with an empty body", function()
+    answer("t8", "", { status = 204 })
+    answer("org-token", "", { status = 200 })
+    assert.same({ id = "t8" }, client:sync_licenses("t8"))
+    assert.same({ id = "org-token" }, client:sync_apps("org", "org-token"))
+  end)
+
+  it("mirrors list pages item by item", function()
+    server:program("@list", { { body = [[{"value":[{"id":"a","n":1},{"id":"b","x":null,"e":[]}]}]] } })
+    local list = assert(client:list_tokens())
+    assert.equal(2, #list)
+    assert.same({ id = "a", n = 1 }, list[1])
+    assert.equal("integer", math.type(list[1].n))
+    assert.equal(vpp.null, list[2].x)
+    assert.same({}, list[2].e)
+  end)
+end)

@@ -1,0 +1,64 @@
+-- Helpers for the specs: the fake server, clients pointed at it, and
+-- checks that a secret appears nowhere in a value.
+local launcher = require "launcher"
+local vpp = require "vpp"
+
+local M = {}
+
+M.TOKEN = "eyJ0eXAi.SECRET-bearer-token-d41d8cd9"
+
+function M.start(opts)
+  return launcher.start(opts)
+end
+
+function M.client(server, opts)
+  local o = { access_token = M.TOKEN, base_url = server.url, timeout = 10 }
+  for k, v in pairs(opts or {}) do o[k] = v end
+  return vpp.new(o)
+end
+
+-- Every string reachable from v (keys, values, tostring of tables).
+function M.strings(v, out, seen)
+  out, seen = out or {}, seen or {}
+  if type(v) == "string" then
+    out[#out + 1] = v
+  elseif type(v) == "table" and not seen[v] then
+    seen[v] = true
+    local ok, s = pcall(tostring, v)
+    if ok then out[#out + 1] = s end
+    for k, x in pairs(v) do
+      M.strings(k, out, seen)
+      M.strings(x, out, seen)
+    end
+  end
+  return out
+end
+
+function M.contains_secret(v, secret)
+  secret = secret or M.TOKEN
+  for _, s in ipairs(M.strings(v)) do
+    if s:find(secret, 1, true) then return true end
+  end
+  return false
+end
+
+-- Runs a Lua snippet in a child lua process with the module paths set.
+function M.run_lua(code, env)
+  local f = os.tmpname()
+  local h = assert(io.open(f, "w"))
+  h:write(code)
+  h:close()
+  local interp = arg and arg[-1] or "lua5.4"
+  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s 2>&1"):format(env or "", package.path, package.cpath, interp, f)
+  local p = io.popen(cmd)
+  local out = p:read("a")
+  local ok, _, code_ = p:close()
+  os.remove(f)
+  return out, ok, code_
+end
+
+function M.now()
+  return require("socket").gettime()
+end
+
+return M

@@ -1,0 +1,453 @@
+/* The client object: settings, its libcurl easy handle (kept open so calls
+ * reuse the connection), the Graph calls, and the module-level shortcuts.
+ * As in liolib, the userdata exists with its metatable before the handle is
+ * acquired, and one idempotent close serves close, __gc and __close. */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+
+#include "vpp.h"
+
+#define DEFAULT_BASE_URL "https://graph.microsoft.com"
+#define DEFAULT_MAX_RESPONSE_BYTES (16 * 1024 * 1024)
+
+static const char *const option_names[] = {
+    "access_token", "base_url", "api_version", "timeout", "connect_timeout",
+    "ca_file", "user_agent", "max_response_bytes", NULL};
+
+typedef struct settings {
+  double timeout, connect_timeout;
+  lua_Integer max_response_bytes;
+  const char *ca_file, *user_agent;
+} settings;
+
+vpp_client *vpp_client_check(lua_State *L, int idx) {
+  vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
+  if (!c->easy) luaL_error(L, "vpp: the client is closed");
+  return c;
+}
+
+/* ---- settings ---------------------------------------------------------- */
+
+static void check_known_options(lua_State *L, int opts) {
+  lua_pushnil(L);
+  while (lua_next(L, opts)) {
+    int i, known = 0;
+    lua_pop(L, 1);
+    if (lua_type(L, -1) == LUA_TSTRING)
+      for (i = 0; option_names[i]; i++)
+        if (strcmp(lua_tostring(L, -1), option_names[i]) == 0) known = 1;
+    if (!known) luaL_error(L, "vpp: unknown option '%s'", luaL_tolstring(L, -1, NULL));
+  }
+}
+
+/* Reads opts[name] when present: it must have type t. */
+static int get_option(lua_State *L, int opts, const char *name, int t, const char *expected) {
+  if (!opts) return 0;
+  lua_getfield(L, opts, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return 0;
+  }
+  if (lua_type(L, -1) != t)
+    luaL_error(L, "vpp: opts.%s must be %s (got %s)", name, expected, luaL_typename(L, -1));
+  return 1;
+}
+
+static double number_option(lua_State *L, int opts, const char *name, double dflt) {
+  double v;
+  if (!get_option(L, opts, name, LUA_TNUMBER, "a positive number")) return dflt;
+  v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  if (!(v > 0) || v > 1e9) luaL_error(L, "vpp: opts.%s must be a positive number of seconds", name);
+  return v;
+}
+
+/* A string option stays on the stack (the user value table anchors it). */
+static const char *string_option(lua_State *L, int opts, const char *name, int uv) {
+  const char *s;
+  if (!get_option(L, opts, name, LUA_TSTRING, "a non-empty string")) return NULL;
+  s = lua_tostring(L, -1);
+  if (!*s) luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
+  lua_setfield(L, uv, name);
+  lua_getfield(L, uv, name);
+  s = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+static void read_access_token(lua_State *L, int opts, int uv) {
+  int t = LUA_TNIL;
+  if (opts) {
+    lua_getfield(L, opts, "access_token");
+    t = lua_type(L, -1);
+    if (t == LUA_TSTRING && lua_rawlen(L, -1) == 0) t = LUA_TNONE;
+    if (t != LUA_TNIL && t != LUA_TSTRING && t != LUA_TFUNCTION)
+      luaL_error(L, "vpp: opts.access_token must be a non-empty string or a function");
+  }
+  if (t == LUA_TNIL) {
+    const char *env = getenv("GRAPH_ACCESS_TOKEN");
+    if (!env || !*env)
+      luaL_error(L, "vpp: no access token: set opts.access_token or GRAPH_ACCESS_TOKEN");
+    if (opts) lua_pop(L, 1);
+    lua_pushstring(L, env);
+  }
+  lua_setfield(L, uv, "access_token");
+}
+
+static const char *read_base_url(lua_State *L, int opts, int uv, vpp_origin *origin) {
+  const char *s = string_option(L, opts, "base_url", uv);
+  size_t n;
+  if (!s) s = DEFAULT_BASE_URL;
+  if (strchr(s, '?') || strchr(s, '#') || !vpp_url_origin(s, origin))
+    luaL_error(L, "vpp: opts.base_url must be an http(s) URL without query or fragment");
+  n = strlen(s);
+  while (n > 0 && s[n - 1] == '/') n--;
+  lua_pushlstring(L, s, n);
+  lua_setfield(L, uv, "base_url");
+  lua_getfield(L, uv, "base_url");
+  s = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+static const char *read_api_version(lua_State *L, int opts, int uv) {
+  const char *s = string_option(L, opts, "api_version", uv), *p;
+  if (!s) {
+    lua_pushliteral(L, "v1.0");
+    lua_setfield(L, uv, "api_version");
+    lua_getfield(L, uv, "api_version");
+    s = lua_tostring(L, -1);
+    lua_pop(L, 1);
+  }
+  for (p = s; *p; p++)
+    if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *p))
+      luaL_error(L, "vpp: opts.api_version must look like \"v1.0\" or \"beta\"");
+  return s;
+}
+
+/* ---- life cycle -------------------------------------------------------- */
+
+static void seed_rng(vpp_client *c) {
+  if (getrandom(c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng) {
+    c->rng[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c;
+    c->rng[1] = (uint64_t)clock() ^ 0x9e3779b97f4a7c15ULL;
+  }
+  if (!c->rng[0] && !c->rng[1]) c->rng[1] = 1;
+}
+
+static void apply_settings(vpp_client *c, const settings *s) {
+  CURL *e = c->easy;
+  char ua[96];
+  vpp_request_init_handle(c);
+  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
+  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
+  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
+  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* request.c follows same-origin ones */
+#if LIBCURL_VERSION_NUM >= 0x075500
+  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+#endif
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(s->timeout * 1000));
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(s->connect_timeout * 1000));
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response_bytes);
+  if (s->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
+  if (!s->user_agent) {
+    snprintf(ua, sizeof ua, "lua-vpp/%s libcurl/%s", VPP_VERSION, curl_version_info(CURLVERSION_NOW)->version);
+  }
+  curl_easy_setopt(e, CURLOPT_USERAGENT, s->user_agent ? s->user_agent : ua); /* copied */
+}
+
+/* vpp.new(opts): validates every setting before anything is acquired. */
+static int client_new(lua_State *L) {
+  int opts = lua_isnoneornil(L, 1) ? 0 : 1, uv;
+  settings s;
+  vpp_client *c;
+  vpp_origin origin;
+  const char *base_url, *api_version;
+  if (opts) luaL_checktype(L, 1, LUA_TTABLE);
+  lua_settop(L, opts ? 1 : 0);
+  if (opts) check_known_options(L, opts);
+  lua_newtable(L);
+  uv = lua_gettop(L);
+  read_access_token(L, opts, uv);
+  base_url = read_base_url(L, opts, uv, &origin);
+  api_version = read_api_version(L, opts, uv);
+  s.timeout = number_option(L, opts, "timeout", 60);
+  s.connect_timeout = number_option(L, opts, "connect_timeout", 10);
+  s.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES;
+  if (get_option(L, opts, "max_response_bytes", LUA_TNUMBER, "a positive integer")) {
+    int isint;
+    s.max_response_bytes = lua_tointegerx(L, -1, &isint);
+    if (!isint || s.max_response_bytes <= 0)
+      luaL_error(L, "vpp: opts.max_response_bytes must be a positive integer");
+    lua_pop(L, 1);
+  }
+  s.ca_file = string_option(L, opts, "ca_file", uv);
+  s.user_agent = string_option(L, opts, "user_agent", uv);
+
+  c = lua_newuserdatauv(L, sizeof *c, 1);
+  memset(c, 0, sizeof *c);
+  luaL_setmetatable(L, VPP_CLIENT_MT);
+  lua_pushvalue(L, uv);
+  lua_setiuservalue(L, -2, 1);
+  c->base_url = base_url;
+  c->api_version = api_version;
+  c->origin = origin;
+  c->max_response_bytes = (size_t)s.max_response_bytes;
+  seed_rng(c);
+  c->easy = curl_easy_init();
+  if (!c->easy) return luaL_error(L, "vpp: cannot create a libcurl handle");
+  apply_settings(c, &s);
+  return 1;
+}
+
+static void client_release(vpp_client *c) {
+  vpp_request_release(c);
+  if (c->easy) {
+    curl_easy_cleanup(c->easy);
+    c->easy = NULL;
+  }
+}
+
+static int client_close(lua_State *L) {
+  client_release(luaL_checkudata(L, 1, VPP_CLIENT_MT));
+  return 0;
+}
+
+static int client_tostring(lua_State *L) {
+  vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
+  if (c->easy)
+    lua_pushfstring(L, "vpp.client (%s/%s)", c->base_url, c->api_version);
+  else
+    lua_pushliteral(L, "vpp.client (closed)");
+  return 1;
+}
+
+/* ---- Graph calls ------------------------------------------------------- */
+
+static const char *check_id(lua_State *L, int idx, const char *name, size_t *len) {
+  const char *s;
+  if (lua_type(L, idx) != LUA_TSTRING)
+    luaL_argerror(L, idx, lua_pushfstring(L, "%s must be a string, got %s", name, luaL_typename(L, idx)));
+  s = lua_tolstring(L, idx, len);
+  if (*len == 0) luaL_argerror(L, idx, lua_pushfstring(L, "%s must not be empty", name));
+  return s;
+}
+
+/* The one place that builds Graph URLs: base_url/version + path, where each
+ * '%' in path is the string at the next given stack index, percent-encoded
+ * as one segment. */
+static const char *push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a, int b) {
+  luaL_Buffer buf;
+  int args[2];
+  int n = 0;
+  args[0] = a;
+  args[1] = b;
+  luaL_buffinit(L, &buf);
+  luaL_addstring(&buf, c->base_url);
+  luaL_addchar(&buf, '/');
+  luaL_addstring(&buf, version);
+  for (; *path; path++) {
+    if (*path == '%') {
+      size_t len;
+      const char *s = lua_tolstring(L, args[n++], &len);
+      vpp_url_push_encoded(&buf, s, len);
+    } else {
+      luaL_addchar(&buf, *path);
+    }
+  }
+  luaL_pushresult(&buf);
+  return lua_tostring(L, -1);
+}
+
+/* Performs one call on a token and returns the token or nil, err. */
+static int token_call(lua_State *L, vpp_client *c, int post, const char *url, int id_idx) {
+  size_t idlen;
+  const char *id = lua_tolstring(L, id_idx, &idlen);
+  int n = vpp_request_perform(L, c, post, url);
+  if (n) return n;
+  if (c->reply.status >= 200 && c->reply.status < 300) return vpp_decode_entity(L, c, id, idlen);
+  return vpp_decode_http_error(L, c);
+}
+
+static int do_sync_licenses(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  size_t n;
+  check_id(L, 2, "token_id", &n);
+  return token_call(L, c, 1, push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", 2, 0), 2);
+}
+
+static int do_sync_apps(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  size_t n;
+  check_id(L, 2, "organization_id", &n);
+  check_id(L, 3, "token_id", &n);
+  /* The legacy action exists only under /beta, whatever api_version says. */
+  return token_call(L, c, 1, push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", 2, 3), 3);
+}
+
+static int do_get_token(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  size_t n;
+  check_id(L, 2, "token_id", &n);
+  return token_call(L, c, 0, push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", 2, 0), 2);
+}
+
+static void push_encoded(lua_State *L, int idx) {
+  luaL_Buffer b;
+  size_t len;
+  const char *s = lua_tolstring(L, idx, &len);
+  luaL_buffinit(L, &b);
+  vpp_url_push_encoded(&b, s, len);
+  luaL_pushresult(&b);
+}
+
+/* Pushes "?$select=a,b&$top=n&$filter=..." for the query table at q.  The
+ * pieces are pushed one by one and concatenated at the end. */
+static void push_query(lua_State *L, int q) {
+  int sel = lua_gettop(L) + 1;
+  const char *sep = "?";
+  lua_pushnil(L);
+  while (lua_next(L, q)) {
+    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+    if (strcmp(k, "select") && strcmp(k, "top") && strcmp(k, "filter"))
+      luaL_error(L, "vpp: unknown query key '%s' (expected select, top or filter)", luaL_tolstring(L, -2, NULL));
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, q, "select");
+  if (lua_type(L, sel) == LUA_TSTRING) {
+    lua_createtable(L, 1, 0);
+    lua_pushvalue(L, sel);
+    lua_rawseti(L, -2, 1);
+    lua_replace(L, sel);
+  }
+  if (!lua_isnil(L, sel)) {
+    int i, n;
+    if (lua_type(L, sel) != LUA_TTABLE || lua_rawlen(L, sel) == 0)
+      luaL_error(L, "vpp: query.select must be a string or a non-empty list of strings");
+    n = (int)lua_rawlen(L, sel);
+    for (i = 1; i <= n; i++) {
+      lua_pushstring(L, i == 1 ? "?$select=" : ",");
+      lua_rawgeti(L, sel, i);
+      if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+        luaL_error(L, "vpp: query.select[%d] must be a non-empty string", i);
+      push_encoded(L, -1);
+      lua_remove(L, -2);
+    }
+    sep = "&";
+  }
+  lua_getfield(L, q, "top");
+  if (!lua_isnil(L, -1)) {
+    int isint;
+    lua_Integer top = lua_tointegerx(L, -1, &isint);
+    if (!isint || top <= 0 || top > 1000000) luaL_error(L, "vpp: query.top must be a positive integer");
+    lua_pop(L, 1);
+    lua_pushfstring(L, "%s$top=%d", sep, (int)top);
+    sep = "&";
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_getfield(L, q, "filter");
+  if (!lua_isnil(L, -1)) {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      luaL_error(L, "vpp: query.filter must be a non-empty string");
+    lua_pushfstring(L, "%s$filter=", sep);
+    push_encoded(L, -2);
+    lua_remove(L, -3);
+  } else {
+    lua_pop(L, 1);
+  }
+  lua_concat(L, lua_gettop(L) - sel);
+  lua_remove(L, sel);
+}
+
+/* client:list_tokens([query]): every page, following @odata.nextLink within
+ * base_url's origin, refusing a link seen before (a loop). */
+static int do_list_tokens(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  int out, seen;
+  const char *url;
+  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  lua_settop(L, 2);
+  push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
+  if (!lua_isnil(L, 2)) {
+    push_query(L, 2);
+    lua_concat(L, 2);
+  }
+  lua_newtable(L);
+  out = lua_gettop(L);
+  lua_newtable(L);
+  seen = lua_gettop(L);
+  lua_pushvalue(L, out - 1); /* the first URL */
+  for (;;) {
+    int n;
+    url = lua_tostring(L, -1);
+    lua_pushvalue(L, -1);
+    lua_pushboolean(L, 1);
+    lua_rawset(L, seen);
+    if ((n = vpp_request_perform(L, c, 0, url))) return n;
+    if (c->reply.status < 200 || c->reply.status > 299) return vpp_decode_http_error(L, c);
+    lua_pop(L, 1); /* the URL just fetched */
+    if ((n = vpp_decode_page(L, c, out, &url))) return n;
+    if (!url) break;
+    if (!vpp_url_same_origin(&c->origin, url))
+      return vpp_error_push(L, "decode", c->reply.status, "foreign_next_link",
+                            "@odata.nextLink points to another scheme, host or port than base_url", &c->reply);
+    lua_pushvalue(L, -1);
+    lua_rawget(L, seen);
+    if (lua_toboolean(L, -1))
+      return vpp_error_push(L, "decode", c->reply.status, "next_link_loop",
+                            "@odata.nextLink points to a page already fetched", &c->reply);
+    lua_pop(L, 1);
+  }
+  lua_settop(L, out);
+  return 1;
+}
+
+/* ---- module-level shortcuts: a client for one call, closed after it ---- */
+
+static int one_shot(lua_State *L, int nids, lua_CFunction call) {
+  int opts = nids + 1, n, i;
+  size_t len;
+  for (i = 1; i <= nids; i++)
+    check_id(L, i, (nids == 2 && i == 1) ? "organization_id" : "token_id", &len);
+  if (!lua_isnoneornil(L, opts)) luaL_checktype(L, opts, LUA_TTABLE);
+  lua_settop(L, opts);
+  lua_pushcfunction(L, client_new);
+  lua_pushvalue(L, opts);
+  lua_call(L, 1, 1);
+  lua_insert(L, 1); /* client, ids..., opts: the method's own layout */
+  n = call(L);
+  client_release(lua_touserdata(L, 1));
+  return n;
+}
+
+static int mod_sync_licenses(lua_State *L) { return one_shot(L, 1, do_sync_licenses); }
+static int mod_sync_apps(lua_State *L) { return one_shot(L, 2, do_sync_apps); }
+
+int vpp_client_open_lib(lua_State *L) {
+  static const luaL_Reg methods[] = {
+      {"sync_licenses", do_sync_licenses}, {"sync_apps", do_sync_apps},
+      {"get_token", do_get_token},         {"list_tokens", do_list_tokens},
+      {"close", client_close},             {NULL, NULL}};
+  static const luaL_Reg meta[] = {{"__gc", client_close},
+                                  {"__close", client_close},
+                                  {"__tostring", client_tostring},
+                                  {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"new", client_new},
+                                 {"sync_licenses", mod_sync_licenses},
+                                 {"sync_apps", mod_sync_apps},
+                                 {NULL, NULL}};
+  luaL_newmetatable(L, VPP_CLIENT_MT);
+  luaL_setfuncs(L, meta, 0);
+  luaL_newlib(L, methods);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  lua_remove(L, -2);
+  luaL_newlib(L, fns);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "client_methods"); /* lets the Lua layer add methods */
+  return 1;
+}

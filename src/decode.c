@@ -1,0 +1,169 @@
+/* Response bodies to Lua tables, through a private lua-cjson instance:
+ * integral numbers become Lua integers, {"value": {...}} is unwrapped, list
+ * pages are appended, and Graph error bodies become error tables.  The body
+ * lives in the client's buffer, so a raise here (out of memory) leaks nothing. */
+#include <math.h>
+#include <string.h>
+
+#include "vpp.h"
+
+void vpp_decode_setup(lua_State *L) {
+  lua_getglobal(L, "require");
+  lua_pushliteral(L, "cjson");
+  lua_call(L, 1, 1);
+  lua_getfield(L, -1, "null");
+  lua_setfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
+  /* A private instance: a script reconfiguring cjson cannot change ours. */
+  lua_getfield(L, -1, "new");
+  lua_call(L, 0, 1);
+  lua_getfield(L, -1, "decode_invalid_numbers"); /* no NaN, Infinity or hex */
+  lua_pushboolean(L, 0);
+  lua_call(L, 1, 0);
+  lua_getfield(L, -1, "decode");
+  lua_setfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
+  lua_pop(L, 2);
+}
+
+/* cjson gives every number as a float on Lua 5.3+; JSON integers should be
+ * Lua integers.  Integral values that fit a lua_Integer exactly become one. */
+static void normalize(lua_State *L, int t) {
+#if LUA_VERSION_NUM >= 503
+  luaL_checkstack(L, 4, "vpp: JSON nested too deeply");
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
+      lua_Number d = lua_tonumber(L, -1);
+      lua_Integer i;
+      if (d == floor(d) && lua_numbertointeger(d, &i)) {
+        lua_pushvalue(L, -2);
+        lua_pushinteger(L, i);
+        lua_rawset(L, t);
+      }
+    } else if (lua_type(L, -1) == LUA_TTABLE) {
+      normalize(L, lua_gettop(L));
+    }
+    lua_pop(L, 1);
+  }
+#else
+  (void)L;
+  (void)t;
+#endif
+}
+
+/* Pushes the decoded body and returns 1, or pushes cjson's message and
+ * returns 0. */
+int vpp_decode_body(lua_State *L, const char *data, size_t len) {
+  lua_getfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
+  lua_pushlstring(L, data, len);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 0;
+  if (lua_type(L, -1) == LUA_TTABLE) normalize(L, lua_gettop(L));
+  return 1;
+}
+
+static int is_object(lua_State *L, int idx) {
+  return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0;
+}
+
+static int blank(const vpp_buf *b) {
+  size_t i;
+  for (i = 0; i < b->len; i++)
+    if (!strchr(" \t\r\n", b->data[i])) return 0;
+  return 1;
+}
+
+static int decode_error(lua_State *L, vpp_client *c, const char *what) {
+  return vpp_error_push(L, "decode", c->reply.status, "invalid_response", what, &c->reply);
+}
+
+/* Decodes a JSON object body; returns 1 with it pushed, or 2 with nil, err. */
+static int decode_object(lua_State *L, vpp_client *c) {
+  if (!vpp_decode_body(L, c->reply.body.data, c->reply.body.len)) {
+    lua_pushfstring(L, "the response is not valid JSON (%s)", lua_tostring(L, -1));
+    return decode_error(L, c, lua_tostring(L, -1));
+  }
+  if (!is_object(L, -1)) return decode_error(L, c, "the response is not a JSON object");
+  return 1;
+}
+
+/* A 2xx answer to a call on one token: the token table, unwrapped from
+ * {"value": {...}} when Graph wraps it; an empty body (204) gives {id = id}. */
+int vpp_decode_entity(lua_State *L, vpp_client *c, const char *id, size_t idlen) {
+  int n;
+  if (blank(&c->reply.body)) {
+    lua_createtable(L, 0, 1);
+    lua_pushlstring(L, id, idlen);
+    lua_setfield(L, -2, "id");
+    return 1;
+  }
+  if ((n = decode_object(L, c)) != 1) return n;
+  lua_getfield(L, -1, "value");
+  if (is_object(L, -1)) {
+    lua_remove(L, -2);
+  } else {
+    lua_pop(L, 1);
+  }
+  return 1;
+}
+
+/* A 2xx list page: appends its "value" items to the table at `out` and
+ * leaves the @odata.nextLink (or nil) pushed, returning 0; or returns 2
+ * with nil, err pushed. */
+int vpp_decode_page(lua_State *L, vpp_client *c, int out, const char **next) {
+  int n, page;
+  lua_Integer i, len, dst;
+  if ((n = decode_object(L, c)) != 1) return n;
+  page = lua_gettop(L);
+  lua_getfield(L, page, "value");
+  if (lua_type(L, -1) != LUA_TTABLE)
+    return decode_error(L, c, "the page has no \"value\" array");
+  len = (lua_Integer)lua_rawlen(L, -1);
+  dst = (lua_Integer)lua_rawlen(L, out);
+  for (i = 1; i <= len; i++) {
+    lua_rawgeti(L, -1, i);
+    lua_rawseti(L, out, ++dst);
+  }
+  lua_pop(L, 1);
+  lua_getfield(L, page, "@odata.nextLink");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
+    return decode_error(L, c, "@odata.nextLink is not a string");
+  *next = lua_tostring(L, -1);
+  lua_remove(L, page);
+  return 0;
+}
+
+static const char *string_field(lua_State *L, int t, const char *k) {
+  lua_getfield(L, t, k);
+  if (lua_type(L, -1) == LUA_TSTRING) return lua_tostring(L, -1);
+  return NULL; /* the pushed value stays, balanced by the caller */
+}
+
+/* A non-2xx answer: an "http" error carrying Graph's error.code and message,
+ * and the request-id from the header or, failing that, innerError. */
+int vpp_decode_http_error(lua_State *L, vpp_client *c) {
+  vpp_reply *r = &c->reply;
+  const char *code = NULL, *message = NULL;
+  int top = lua_gettop(L);
+  if (vpp_decode_body(L, r->body.data, r->body.len) && is_object(L, -1)) {
+    lua_getfield(L, -1, "error");
+    if (is_object(L, -1)) {
+      int e = lua_gettop(L);
+      code = string_field(L, e, "code");
+      message = string_field(L, e, "message");
+      lua_getfield(L, e, "innerError");
+      if (!r->request_id[0] && is_object(L, -1)) {
+        const char *rid = string_field(L, lua_gettop(L), "request-id");
+        if (rid) {
+          strncpy(r->request_id, rid, sizeof r->request_id - 1);
+          r->request_id[sizeof r->request_id - 1] = '\0';
+        }
+      }
+    }
+  }
+  if (!message) message = lua_pushfstring(L, "HTTP %d without a Graph error body", (int)r->status);
+  vpp_error_push(L, "http", r->status, code, message, r);
+  /* Move nil, err below the scratch values, then drop those. */
+  lua_insert(L, top + 1);
+  lua_insert(L, top + 1);
+  lua_settop(L, top + 2);
+  return 2;
+}

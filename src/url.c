@@ -1,0 +1,80 @@
+/* URL pieces: percent-encoding of ids and query values, and the origin
+ * (scheme, host, port) used to refuse nextLinks and redirects to other hosts. */
+#include <ctype.h>
+#include <string.h>
+
+#include "vpp.h"
+
+static int unreserved(unsigned char ch) {
+  return isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~';
+}
+
+static int only_dots(const char *in, size_t len) {
+  size_t i;
+  for (i = 0; i < len; i++)
+    if (in[i] != '.') return 0;
+  return 1;
+}
+
+/* Writes at most 3 * len bytes to out; returns how many.  Everything but the
+ * RFC 3986 unreserved characters is encoded, so "/", "?", "#" and "%" stay
+ * inside the segment; a segment of dots alone ("." or "..") is encoded too,
+ * since it would otherwise be read as a relative path step. */
+size_t vpp_url_encode(char *out, const char *in, size_t len) {
+  static const char hex[] = "0123456789ABCDEF";
+  int dots = only_dots(in, len);
+  size_t i, n = 0;
+  for (i = 0; i < len; i++) {
+    unsigned char ch = (unsigned char)in[i];
+    if (unreserved(ch) && !(dots && ch == '.')) {
+      out[n++] = (char)ch;
+    } else {
+      out[n++] = '%';
+      out[n++] = hex[ch >> 4];
+      out[n++] = hex[ch & 15];
+    }
+  }
+  return n;
+}
+
+/* Adds s percent-encoded: used for path segments and query values alike. */
+void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len) {
+  char *p = luaL_prepbuffsize(b, 3 * len);
+  luaL_addsize(b, vpp_url_encode(p, s, len));
+}
+
+static int copy_lower(char *dst, size_t size, const char *src) {
+  size_t i, n = strlen(src);
+  if (n >= size) return 0;
+  for (i = 0; i <= n; i++) dst[i] = (char)tolower((unsigned char)src[i]);
+  return 1;
+}
+
+/* Parses an absolute http(s) URL's origin; 1 on success.  Frees all it takes
+ * before returning, and calls no Lua, so it cannot leak. */
+int vpp_url_origin(const char *url, vpp_origin *out) {
+  CURLU *u = curl_url();
+  char *scheme = NULL, *host = NULL, *port = NULL;
+  int ok = 0;
+  if (!u) return 0;
+  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+      curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
+    ok = copy_lower(out->scheme, sizeof out->scheme, scheme) &&
+         copy_lower(out->host, sizeof out->host, host) &&
+         copy_lower(out->port, sizeof out->port, port) &&
+         (strcmp(out->scheme, "https") == 0 || strcmp(out->scheme, "http") == 0);
+  }
+  curl_free(scheme);
+  curl_free(host);
+  curl_free(port);
+  curl_url_cleanup(u);
+  return ok;
+}
+
+int vpp_url_same_origin(const vpp_origin *a, const char *url) {
+  vpp_origin b;
+  return vpp_url_origin(url, &b) && strcmp(a->scheme, b.scheme) == 0 &&
+         strcmp(a->host, b.host) == 0 && strcmp(a->port, b.port) == 0;
+}
