@@ -1,4 +1,4 @@
-# lua-vpp: `make`, `make test`, `make valgrind`, `make install PREFIX=DIR`.
+# lua-vpp: `make`, `make test`, `make valgrind`, `make lint`, `make install PREFIX=DIR`.
 LUA_VERSION ?= 5.4
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -27,12 +27,12 @@ CORE = build/$(LUA_VERSION)/vpp/core.so
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
   libcurl4-openssl-dev lua-cjson lua-busted lua-socket nginx-light \
-  libnginx-mod-http-lua openssl luarocks valgrind curl
+  libnginx-mod-http-lua openssl luarocks valgrind curl lua-check
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
 
-.PHONY: all deps test valgrind install uninstall clean
+.PHONY: all deps test valgrind lint install uninstall clean
 
 all: $(CORE)
 
@@ -58,6 +58,9 @@ valgrind: deps
 	  --suppressions=spec/valgrind.supp --num-callers=30 \
 	  $(LUA) -e 'package.path = "$(CURDIR)/spec/?.lua;" .. package.path' spec/run_busted.lua spec
 
+lint: deps
+	luacheck --no-color -q lua spec fake-graph
+
 install: $(CORE)
 	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
@@ -67,4 +70,4 @@ uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
 
 clean:
-	rm -rf build
+	rm -rf build src/*.o

@@ -226,8 +226,8 @@ local function api(method, path, query)
     end
     return graph_error(400, "BadRequest", "Resource not found for the segment '" .. rest .. "'.")
   end
-  local org, id
-  prefix, org, id = path:match("^(.-)/beta/organization/([^/]+)/appleVolumePurchaseProgramTokens/([^/]+)/syncApps$")
+  local _, id
+  prefix, _, id = path:match("^(.-)/beta/organization/([^/]+)/appleVolumePurchaseProgramTokens/([^/]+)/syncApps$")
   if prefix then
     ngx.ctx.prefix, ngx.ctx.version = prefix, "beta"
     id = ngx.unescape_uri(id)

@@ -30,6 +30,11 @@ vpp_client *vpp_client_check(lua_State *L, int idx) {
 
 /* ---- settings ---------------------------------------------------------- */
 
+static void check_opts(lua_State *L, int idx) {
+  if (!lua_isnoneornil(L, idx) && !lua_istable(L, idx))
+    luaL_argerror(L, idx, lua_pushfstring(L, "opts must be a table, got %s", luaL_typename(L, idx)));
+}
+
 static void check_known_options(lua_State *L, int opts) {
   lua_pushnil(L);
   while (lua_next(L, opts)) {
@@ -166,7 +171,7 @@ static int client_new(lua_State *L) {
   vpp_client *c;
   vpp_origin origin;
   const char *base_url, *api_version;
-  if (opts) luaL_checktype(L, 1, LUA_TTABLE);
+  check_opts(L, 1);
   lua_settop(L, opts ? 1 : 0);
   if (opts) check_known_options(L, opts);
   lua_newtable(L);
@@ -369,7 +374,8 @@ static int do_list_tokens(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   int out, seen;
   const char *url;
-  if (!lua_isnoneornil(L, 2)) luaL_checktype(L, 2, LUA_TTABLE);
+  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+    luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
   push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
   if (!lua_isnil(L, 2)) {
@@ -413,7 +419,7 @@ static int one_shot(lua_State *L, int nids, lua_CFunction call) {
   size_t len;
   for (i = 1; i <= nids; i++)
     check_id(L, i, (nids == 2 && i == 1) ? "organization_id" : "token_id", &len);
-  if (!lua_isnoneornil(L, opts)) luaL_checktype(L, opts, LUA_TTABLE);
+  check_opts(L, opts);
   lua_settop(L, opts);
   lua_pushcfunction(L, client_new);
   lua_pushvalue(L, opts);

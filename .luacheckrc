@@ -1,0 +1,6 @@
+std = "max"
+max_line_length = 130
+-- Specs quote whole Graph responses on one line.
+files["spec/"] = { std = "+busted", max_line_length = 160 }
+-- The fake Graph server runs inside nginx, where `ngx` is a global.
+files["fake-graph/graph.lua"] = { globals = { "ngx" } }

@@ -1,0 +1,44 @@
+rockspec_format = "3.0"
+package = "lua-vpp"
+version = "0.1.0-1"
+source = {
+  url = "git+https://github.com/lua-vpp/lua-vpp.git",
+  tag = "v0.1.0",
+}
+description = {
+  summary = "Microsoft Graph (Intune) Apple VPP token actions for Lua, in C over libcurl",
+  detailed = [[
+    Runs the Intune Apple VPP token actions (syncLicenses and the legacy
+    syncApps), gets and lists tokens, and returns Lua tables that mirror
+    Graph's JSON. HTTP is done natively with libcurl, with connection reuse,
+    TLS verification and structured errors.
+  ]],
+  license = "MIT",
+  labels = { "intune", "graph", "vpp", "apple", "curl" },
+}
+dependencies = {
+  "lua >= 5.4, < 5.5",
+  "lua-cjson >= 2.1.0",
+}
+external_dependencies = {
+  -- No header check: Debian keeps curl/curl.h in a multiarch include
+  -- directory that luarocks does not search, while the compiler does.
+  CURL = { library = "curl" },
+}
+build = {
+  type = "builtin",
+  modules = {
+    vpp = "lua/vpp.lua",
+    ["vpp.core"] = {
+      sources = {
+        "src/client.c", "src/decode.c", "src/errors.c",
+        "src/request.c", "src/url.c", "src/vpp.c",
+      },
+      defines = { "_GNU_SOURCE" },
+      libraries = { "curl", "m", "pthread" },
+      incdirs = { "$(CURL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)" },
+    },
+  },
+}
+test = { type = "busted" }

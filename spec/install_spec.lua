@@ -1,0 +1,90 @@
+-- `make install` and the rockspec each give a working module, outside the
+-- source tree, that talks to the fake Graph.
+local support = require "support"
+
+local version = _VERSION:match("%d+%.%d+")
+
+local function sh(cmd)
+  local p = io.popen(cmd .. " 2>&1")
+  local out = p:read("a")
+  local ok = p:close()
+  return ok, out
+end
+
+local function tmpdir()
+  local p = io.popen("mktemp -d /tmp/lua-vpp-install.XXXXXX")
+  local dir = p:read("l")
+  p:close()
+  return dir
+end
+
+-- Runs a sync in a child Lua that sees only `tree` and the system's modules.
+local function works_from(tree, server)
+  local code = ([[
+    local vpp = require "vpp"
+    assert(package.searchpath("vpp.core", package.cpath):find(%q, 1, true), "not the installed module")
+    local c = vpp.new { access_token = "t", base_url = %q }
+    local list = assert(c:list_tokens())
+    local tok = assert(c:sync_licenses(list[1].id))
+    c:close()
+    io.write(#list, " ", tok.lastSyncStatus)
+  ]]):format(tree, server.url)
+  local f = os.tmpname()
+  local h = assert(io.open(f, "w"))
+  h:write(code)
+  h:close()
+  local ok, out = sh(("cd /tmp && LUA_PATH='%s/share/lua/%s/?.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' lua%s %s")
+    :format(tree, version, tree, version, version, f))
+  os.remove(f)
+  return ok, out
+end
+
+describe("installation", function()
+  local server, dirs = nil, {}
+
+  setup(function() server = support.start { tokens = 3 } end)
+  teardown(function()
+    server:stop()
+    for _, d in ipairs(dirs) do os.execute("rm -rf " .. d) end
+  end)
+
+  it("make install PREFIX=DIR puts the modules under share/lua and lib/lua", function()
+    local dir = tmpdir()
+    dirs[#dirs + 1] = dir
+    local ok, out = sh(("make -s install PREFIX=%s LUA_VERSION=%s"):format(dir, version))
+    assert.is_true(ok, out)
+    assert.truthy(io.open(("%s/share/lua/%s/vpp.lua"):format(dir, version)))
+    assert.truthy(io.open(("%s/lib/lua/%s/vpp/core.so"):format(dir, version)))
+    local ran, result = works_from(dir, server)
+    assert.is_true(ran, result)
+    assert.equal("3 inProgress", result)
+  end)
+
+  it("the rockspec installs a working module with luarocks make, offline", function()
+    local dir = tmpdir()
+    dirs[#dirs + 1] = dir
+    local rockspec = assert(io.popen("ls lua-vpp-*.rockspec"):read("l"))
+    -- luarocks builds in the source tree: give it a copy, not the checkout.
+    local ok, out = sh(("mkdir %s/src-copy && cp -r src lua %s %s/src-copy/ && cd %s/src-copy && "
+      .. "luarocks --lua-version=%s make --deps-mode=none --tree %s/tree %s")
+      :format(dir, rockspec, dir, dir, version, dir, rockspec))
+    dir = dir .. "/tree"
+    assert.is_true(ok, out)
+    local ran, result = works_from(dir, server)
+    assert.is_true(ran, result)
+    assert.equal("3 inProgress", result)
+  end)
+
+  it("the rockspec builds every C file in src/", function()
+    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("l")))):read("a")
+    local listed = {}
+    for f in rockspec:gmatch('"(src/[%w_]+%.c)"') do listed[f] = true end
+    local p = io.popen("ls src/*.c")
+    for f in p:lines() do
+      assert.is_true(listed[f] == true, f .. " is missing from the rockspec")
+      listed[f] = nil
+    end
+    p:close()
+    assert.same({}, listed)
+  end)
+end)
