@@ -56,7 +56,7 @@ valgrind: deps
 	VPP_VALGRIND=1 valgrind --quiet --error-exitcode=99 --leak-check=full \
 	  --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
 	  --suppressions=spec/valgrind.supp --num-callers=30 \
-	  $(LUA) -e 'package.path = "$(CURDIR)/spec/?.lua;" .. package.path' spec/run_busted.lua spec
+	  $(LUA) spec/run_busted.lua spec
 
 lint: deps
 	luacheck --no-color -q lua spec fake-graph

@@ -48,7 +48,13 @@ function M.run_lua(code, env)
   local h = assert(io.open(f, "w"))
   h:write(code)
   h:close()
-  local interp = arg and arg[-1] or "lua5.4"
+  -- The interpreter is the lowest index of arg (busted may run under
+  -- "lua5.4 -e ... script", or under valgrind).
+  local interp, i = "lua5.4", -1
+  while arg and arg[i] do
+    interp = arg[i]
+    i = i - 1
+  end
   local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s 2>&1"):format(env or "", package.path, package.cpath, interp, f)
   local p = io.popen(cmd)
   local out = p:read("a")
