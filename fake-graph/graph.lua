@@ -320,7 +320,8 @@ local function record(method, raw)
     protocol = ngx.var.server_protocol,
     authorization = h["authorization"], accept = h["accept"],
     client_request_id = h["client-request-id"], user_agent = h["user-agent"],
-    content_length = h["content-length"], accept_encoding = h["accept-encoding"],
+    content_length = h["content-length"], content_type = h["content-type"],
+    accept_encoding = h["accept-encoding"], injected = h["x-injected"],
   }))
 end
 

@@ -28,6 +28,7 @@ describe("Graph calls", function()
     assert.equal("POST", log[1].method)
     assert.equal("/v1.0/deviceAppManagement/vppTokens/" .. ids[1] .. "/syncLicenses", log[1].uri)
     assert.equal("0", log[1].content_length)
+    assert.is_nil(log[1].content_type) -- no body, so no form Content-Type either
   end)
 
   it("sends syncLicenses to /beta when api_version is beta", function()

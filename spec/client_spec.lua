@@ -132,6 +132,7 @@ describe("client", function()
       assert.has_error(with("access_token", ""), "vpp: opts.access_token must be a non-empty string or a function")
       assert.has_error(with("ca_file", ""), "vpp: opts.ca_file must be a non-empty string")
       assert.has_error(with("user_agent", 7), "vpp: opts.user_agent must be a non-empty string (got number)")
+      assert.has_error(with("user_agent", "bot\r\nX-Injected: 1"), "vpp: opts.user_agent must not contain control characters")
     end)
 
     it("for a bad list query", function()

@@ -99,6 +99,21 @@ describe("security", function()
       end
     end)
 
+    it("with a control character is refused, not sent", function()
+      for _, bad in ipairs { "abc\r\nX-Injected: 1", "abc\0def", "abc\n" } do
+        for _, source in ipairs { bad, function() return bad end } do
+          local c = support.client(server, { access_token = source })
+          local ok, err = c:sync_licenses("x")
+          c:close()
+          assert.is_nil(ok)
+          assert.equal("auth", err.kind)
+          assert.equal("invalid_token", err.code)
+          assert.is_false(support.contains_secret(err, "abc"))
+        end
+      end
+      assert.same({}, server:log())
+    end)
+
     it("from a function appears in no error either", function()
       local c = support.client(server, { access_token = function() return support.TOKEN end })
       local _, err = c:get_token("missing")

@@ -75,6 +75,12 @@ static const char *string_option(lua_State *L, int opts, const char *name, int u
   if (!get_option(L, opts, name, LUA_TSTRING, "a non-empty string")) return NULL;
   s = lua_tostring(L, -1);
   if (!*s) luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
+  {
+    size_t i, n = lua_rawlen(L, -1);
+    for (i = 0; i < n; i++)
+      if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
+        luaL_error(L, "vpp: opts.%s must not contain control characters", name);
+  }
   lua_setfield(L, uv, name);
   lua_getfield(L, uv, name);
   s = lua_tostring(L, -1);

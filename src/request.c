@@ -104,13 +104,17 @@ static void new_request_id(vpp_client *c, char out[40]) {
   out[n] = '\0';
 }
 
+/* Through a volatile pointer, so the compiler cannot drop the stores as
+ * dead before free(). */
+static void wipe(char *s, size_t n) {
+  volatile char *p = s;
+  while (n--) *p++ = '\0';
+}
+
 /* Overwrites the header lines before freeing them: one holds the token. */
 static void free_headers(vpp_client *c) {
   struct curl_slist *h;
-  for (h = c->headers; h; h = h->next) {
-    volatile char *p = (volatile char *)h->data;
-    while (*p) *p++ = '\0';
-  }
+  for (h = c->headers; h; h = h->next) wipe(h->data, strlen(h->data));
   curl_slist_free_all(c->headers);
   c->headers = NULL;
   if (c->easy) curl_easy_setopt(c->easy, CURLOPT_HTTPHEADER, NULL);
@@ -138,9 +142,18 @@ static int add_auth_header(vpp_client *c, const char *token, size_t len) {
   memcpy(line + sizeof prefix - 1, token, len);
   line[n] = '\0';
   ok = add_header(c, line);
-  memset(line, 0, n);
+  wipe(line, n);
   free(line);
   return ok;
+}
+
+/* A token with a control character (CR, LF, NUL, ...) would split or cut
+ * the header line: refuse it rather than send it. */
+static int header_safe(const char *s, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) return 0;
+  return 1;
 }
 
 /* Pushes the bearer token, calling the access_token function if there is one;
@@ -158,6 +171,11 @@ static int push_token(lua_State *L, vpp_client *c) {
       vpp_error_push(L, "auth", 0, "no_token", "the access_token function returned no token", NULL);
       return 0;
     }
+  }
+  if (!header_safe(lua_tostring(L, -1), lua_rawlen(L, -1))) {
+    lua_pop(L, 1);
+    vpp_error_push(L, "auth", 0, "invalid_token", "the access token contains control characters", NULL);
+    return 0;
   }
   return 1;
 }
@@ -186,8 +204,10 @@ int vpp_request_perform(lua_State *L, vpp_client *c, int post, const char *url) 
     char rid_line[64];
     memcpy(rid_line, "client-request-id: ", 19);
     memcpy(rid_line + 19, r->client_request_id, strlen(r->client_request_id) + 1);
+    /* "Name:" with no value stops libcurl from sending its default. */
     ok = add_auth_header(c, token, token_len) && add_header(c, "Accept: application/json") &&
-         add_header(c, rid_line) && add_header(c, "Expect:");
+         add_header(c, rid_line) && add_header(c, "Expect:") &&
+         (!post || add_header(c, "Content-Type:"));
   }
   lua_pop(L, 1); /* the token */
   if (!ok) {
