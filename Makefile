@@ -27,7 +27,7 @@ CORE = build/$(LUA_VERSION)/vpp/core.so
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
   libcurl4-openssl-dev lua-cjson lua-busted lua-socket nginx-light \
-  libnginx-mod-http-lua openssl luarocks valgrind curl lua-check
+  libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
