@@ -17,6 +17,23 @@ function M.client(server, opts)
   return vpp.new(o)
 end
 
+-- The usual fixture: one fake Graph for a describe block, reset before each
+-- test with its request log emptied, and a fresh client per test.  Busted's
+-- hooks live in the spec file's environment, so the spec registers them:
+--   setup(f.start) teardown(f.stop) before_each(f.fresh) after_each(f.done)
+function M.fake_graph(opts, client_opts)
+  local f = {}
+  function f.start() f.server = M.start(opts) end
+  function f.stop() f.server:stop() end
+  function f.fresh()
+    f.server:reset()
+    f.server:log()
+    f.client = M.client(f.server, client_opts)
+  end
+  function f.done() f.client:close() end
+  return f
+end
+
 -- Every string reachable from v (keys, values, tostring of tables).
 function M.strings(v, out, seen)
   out, seen = out or {}, seen or {}
