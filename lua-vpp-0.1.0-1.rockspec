@@ -31,8 +31,8 @@ build = {
     vpp = "lua/vpp.lua",
     ["vpp.core"] = {
       sources = {
-        "src/client.c", "src/decode.c", "src/errors.c",
-        "src/request.c", "src/url.c", "src/vpp.c",
+        "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",
+        "src/throttle.c", "src/transfer.c", "src/url.c", "src/vpp.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "m", "pthread" },

@@ -127,7 +127,7 @@ describe("client", function()
       assert.has_error(with("base_url", "graph.microsoft.com"), "vpp: opts.base_url must be an http(s) URL without query or fragment")
       assert.has_error(with("base_url", "https://g/?x=1"), "vpp: opts.base_url must be an http(s) URL without query or fragment")
       assert.has_error(with("api_version", "v1.0/../x"), 'vpp: opts.api_version must look like "v1.0" or "beta"')
-      assert.has_error(with("max_response_bytes", 1.5), "vpp: opts.max_response_bytes must be a positive integer")
+      assert.has_error(with("max_response_bytes", 1.5), "vpp: opts.max_response_bytes must be an integer from 1 to 2147483647")
       assert.has_error(with("access_token", 42), "vpp: opts.access_token must be a non-empty string or a function")
       assert.has_error(with("access_token", ""), "vpp: opts.access_token must be a non-empty string or a function")
       assert.has_error(with("ca_file", ""), "vpp: opts.ca_file must be a non-empty string")
@@ -200,10 +200,19 @@ describe("client", function()
       assert.equal("Bearer ok-token", server:log()[1].authorization)
     end)
 
-    it("from a function that closes the client raises", function()
-      local c
-      c = support.client(server, { access_token = function() c:close() return "t" end })
-      assert.has_error(function() c:list_tokens() end, "vpp: the client was closed by its access_token function")
+    it("from a function that closes or calls the client raises, and the client still works", function()
+      local c, action
+      c = support.client(server, { access_token = function()
+        if action then action() end
+        return "t"
+      end })
+      action = function() c:close() end
+      assert.has_error(function() c:list_tokens() end, "vpp: the client cannot be closed from its own callbacks")
+      action = function() c:get_token("x") end
+      assert.has_error(function() c:list_tokens() end, "vpp: the client is busy: it cannot be used from its own callbacks")
+      action = nil
+      assert(c:list_tokens())
+      c:close()
     end)
   end)
 

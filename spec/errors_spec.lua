@@ -44,13 +44,18 @@ describe("run-time errors", function()
       assert.equal("InvalidAuthenticationToken", err.code)
     end)
 
-    it("reports 429 and 503 with their codes", function()
+    it("reports 429 and 503 with their codes once retries are spent", function()
       f.server:program("x", {
         { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "3" } },
         { status = 503, error = "ServiceUnavailable" },
       })
-      assert.equal(429, fails(f.client:sync_licenses("x")).status)
-      local err = fails(f.client:sync_licenses("x"))
+      local c = support.client(f.server, { max_retries = 0 })
+      local err = fails(c:sync_licenses("x"))
+      assert.equal(429, err.status)
+      assert.equal("TooManyRequests", err.code)
+      assert.equal(1, err.attempts)
+      err = fails(c:sync_licenses("x"))
+      c:close()
       assert.equal(503, err.status)
       assert.equal("ServiceUnavailable", err.code)
     end)
@@ -100,12 +105,14 @@ describe("run-time errors", function()
       local probe = require("socket").bind("127.0.0.1", 0)
       local _, port = probe:getsockname()
       probe:close() -- nothing listens there now
-      local c = support.client(f.server, { base_url = "http://127.0.0.1:" .. port })
+      -- A refused connection is retried: keep the back-off short here.
+      local c = support.client(f.server, { base_url = "http://127.0.0.1:" .. port, max_retry_delay = 0.01 })
       local err = fails(c:sync_licenses("x"))
       c:close()
       assert.equal("transport", err.kind)
       assert.is_nil(err.status)
       assert.equal("COULDNT_CONNECT", err.code)
+      assert.equal(4, err.attempts) -- a failure to connect is retried, 3 times by default
     end)
 
     it("for a timeout", function()

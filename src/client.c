@@ -1,5 +1,6 @@
-/* The client object: settings, its libcurl easy handle (kept open so calls
- * reuse the connection), the Graph calls, and the module-level shortcuts.
+/* The client object: settings, its libcurl multi handle and pool of easy
+ * handles (kept open so calls reuse connections), the single Graph calls,
+ * and the module-level shortcuts.
  * As in liolib, the userdata exists with its metatable before the handle is
  * acquired, and one idempotent close serves close, __gc and __close. */
 #include <stdlib.h>
@@ -12,20 +13,30 @@
 #define DEFAULT_BASE_URL "https://graph.microsoft.com"
 #define DEFAULT_MAX_RESPONSE_BYTES (16 * 1024 * 1024)
 
-static const char *const option_names[] = {
-    "access_token", "base_url", "api_version", "timeout", "connect_timeout",
-    "ca_file", "user_agent", "max_response_bytes", NULL};
+#define DEFAULT_MAX_RETRIES 3
+#define DEFAULT_MAX_RETRY_DELAY 60.0
+/* Intune's documented limits: 100 writes and 1000 requests per 20 s. */
+#define DEFAULT_RATE_WRITES 100
+#define DEFAULT_RATE_REQUESTS 1000
+#define DEFAULT_RATE_PER 20.0
 
-typedef struct settings {
-  double timeout, connect_timeout;
-  lua_Integer max_response_bytes;
-  const char *ca_file, *user_agent;
-} settings;
+static const char *const option_names[] = {
+    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "ca_file",
+    "user_agent", "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", NULL};
 
 vpp_client *vpp_client_check(lua_State *L, int idx) {
   vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
-  if (!c->easy) luaL_error(L, "vpp: the client is closed");
+  if (!c->multi) luaL_error(L, "vpp: the client is closed");
+  if (c->busy) luaL_error(L, "vpp: the client is busy: it cannot be used from its own callbacks");
   return c;
+}
+
+uint64_t vpp_client_random(vpp_client *c) { /* xorshift128+ */
+  uint64_t x = c->rng[0], y = c->rng[1];
+  c->rng[0] = y;
+  x ^= x << 23;
+  c->rng[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
+  return c->rng[1] + y;
 }
 
 /* ---- settings ---------------------------------------------------------- */
@@ -67,6 +78,51 @@ static double number_option(lua_State *L, int opts, const char *name, double dfl
   lua_pop(L, 1);
   if (!(v > 0) || v > 1e9) luaL_error(L, "vpp: opts.%s must be a positive number of seconds", name);
   return v;
+}
+
+static lua_Integer integer_option(lua_State *L, int opts, const char *name, lua_Integer dflt,
+                                  lua_Integer min, lua_Integer max) {
+  lua_Integer v;
+  int isint;
+  if (!get_option(L, opts, name, LUA_TNUMBER, "an integer")) return dflt;
+  v = lua_tointegerx(L, -1, &isint);
+  lua_pop(L, 1);
+  if (!isint || v < min || v > max)
+    luaL_error(L, "vpp: opts.%s must be an integer from %d to %d", name, (int)min, (int)max);
+  return v;
+}
+
+/* rate_limit: absent or true (Intune's limits), false (off), or a table
+ * { writes = n, requests = m, per = seconds }. */
+static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
+  double writes = DEFAULT_RATE_WRITES, requests = DEFAULT_RATE_REQUESTS, per = DEFAULT_RATE_PER;
+  int t;
+  memset(r, 0, sizeof *r);
+  if (opts) lua_getfield(L, opts, "rate_limit");
+  else lua_pushnil(L);
+  t = lua_type(L, -1);
+  if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  if (t == LUA_TTABLE) {
+    int rl = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, rl)) {
+      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
+      lua_pop(L, 1);
+      if (strcmp(k, "writes") && strcmp(k, "requests") && strcmp(k, "per"))
+        luaL_error(L, "vpp: unknown rate_limit key '%s' (expected writes, requests or per)",
+                   luaL_tolstring(L, -1, NULL));
+    }
+    writes = number_option(L, rl, "writes", writes);
+    requests = number_option(L, rl, "requests", requests);
+    per = number_option(L, rl, "per", per);
+  } else if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
+    luaL_error(L, "vpp: opts.rate_limit must be false or a table { writes, requests, per }");
+  }
+  lua_pop(L, 1);
+  vpp_rate_init(r, writes, requests, per);
 }
 
 /* A string option stays on the stack (the user value table anchors it). */
@@ -148,88 +204,76 @@ static void seed_rng(vpp_client *c) {
   if (!c->rng[0] && !c->rng[1]) c->rng[1] = 1;
 }
 
-static void apply_settings(vpp_client *c, const settings *s) {
-  CURL *e = c->easy;
-  char ua[96];
-  vpp_request_init_handle(c);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
-  curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
-  curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* request.c follows same-origin ones */
-#if LIBCURL_VERSION_NUM >= 0x075500
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-#endif
-  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(s->timeout * 1000));
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)(s->connect_timeout * 1000));
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response_bytes);
-  if (s->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
-  if (!s->user_agent) {
-    snprintf(ua, sizeof ua, "lua-vpp/%s libcurl/%s", VPP_VERSION, curl_version_info(CURLVERSION_NOW)->version);
-  }
-  curl_easy_setopt(e, CURLOPT_USERAGENT, s->user_agent ? s->user_agent : ua); /* copied */
+/* The default User-Agent, kept in the user value table like the others. */
+static const char *default_user_agent(lua_State *L, int uv) {
+  const char *ua;
+  lua_pushfstring(L, "lua-vpp/%s libcurl/%s", VPP_VERSION, curl_version_info(CURLVERSION_NOW)->version);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, uv, "user_agent");
+  ua = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return ua;
 }
 
 /* vpp.new(opts): validates every setting before anything is acquired. */
 static int client_new(lua_State *L) {
   int opts = lua_isnoneornil(L, 1) ? 0 : 1, uv;
-  settings s;
-  vpp_client *c;
-  vpp_origin origin;
-  const char *base_url, *api_version;
+  vpp_client s, *c;
+  lua_Integer max_bytes;
+  memset(&s, 0, sizeof s);
   check_opts(L, 1);
   lua_settop(L, opts ? 1 : 0);
   if (opts) check_known_options(L, opts);
   lua_newtable(L);
   uv = lua_gettop(L);
   read_access_token(L, opts, uv);
-  base_url = read_base_url(L, opts, uv, &origin);
-  api_version = read_api_version(L, opts, uv);
-  s.timeout = number_option(L, opts, "timeout", 60);
-  s.connect_timeout = number_option(L, opts, "connect_timeout", 10);
-  s.max_response_bytes = DEFAULT_MAX_RESPONSE_BYTES;
-  if (get_option(L, opts, "max_response_bytes", LUA_TNUMBER, "a positive integer")) {
-    int isint;
-    s.max_response_bytes = lua_tointegerx(L, -1, &isint);
-    if (!isint || s.max_response_bytes <= 0)
-      luaL_error(L, "vpp: opts.max_response_bytes must be a positive integer");
-    lua_pop(L, 1);
-  }
+  s.base_url = read_base_url(L, opts, uv, &s.origin);
+  s.api_version = read_api_version(L, opts, uv);
+  s.timeout_ms = (long)(number_option(L, opts, "timeout", 60) * 1000);
+  s.connect_timeout_ms = (long)(number_option(L, opts, "connect_timeout", 10) * 1000);
+  max_bytes = integer_option(L, opts, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, 1, 0x7fffffff);
+  s.max_response_bytes = (size_t)max_bytes;
+  s.max_retries = (int)integer_option(L, opts, "max_retries", DEFAULT_MAX_RETRIES, 0, 100);
+  s.max_retry_delay = number_option(L, opts, "max_retry_delay", DEFAULT_MAX_RETRY_DELAY);
+  read_rate_limit(L, opts, &s.rate);
   s.ca_file = string_option(L, opts, "ca_file", uv);
   s.user_agent = string_option(L, opts, "user_agent", uv);
+  if (!s.user_agent) s.user_agent = default_user_agent(L, uv);
+  seed_rng(&s);
 
   c = lua_newuserdatauv(L, sizeof *c, 1);
-  memset(c, 0, sizeof *c);
+  *c = s;
   luaL_setmetatable(L, VPP_CLIENT_MT);
   lua_pushvalue(L, uv);
   lua_setiuservalue(L, -2, 1);
-  c->base_url = base_url;
-  c->api_version = api_version;
-  c->origin = origin;
-  c->max_response_bytes = (size_t)s.max_response_bytes;
-  seed_rng(c);
-  c->easy = curl_easy_init();
-  if (!c->easy) return luaL_error(L, "vpp: cannot create a libcurl handle");
-  apply_settings(c, &s);
+  c->multi = curl_multi_init();
+  if (!c->multi) return luaL_error(L, "vpp: cannot create a libcurl multi handle");
+  curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
   return 1;
 }
 
 static void client_release(vpp_client *c) {
-  vpp_request_release(c);
-  if (c->easy) {
-    curl_easy_cleanup(c->easy);
-    c->easy = NULL;
+  int i;
+  for (i = 0; i < c->pool_size; i++) vpp_transfer_free(c->pool[i]);
+  free(c->pool);
+  c->pool = NULL;
+  c->pool_size = 0;
+  if (c->multi) {
+    curl_multi_cleanup(c->multi);
+    c->multi = NULL;
   }
 }
 
 static int client_close(lua_State *L) {
-  client_release(luaL_checkudata(L, 1, VPP_CLIENT_MT));
+  vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
+  if (c->busy) return luaL_error(L, "vpp: the client cannot be closed from its own callbacks");
+  client_release(c);
   return 0;
 }
 
 static int client_tostring(lua_State *L) {
   vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
-  if (c->easy)
+  if (c->multi)
     lua_pushfstring(L, "vpp.client (%s/%s)", c->base_url, c->api_version);
   else
     lua_pushliteral(L, "vpp.client (closed)");
@@ -250,7 +294,8 @@ static const char *check_id(lua_State *L, int idx, const char *name, size_t *len
 /* The one place that builds Graph URLs: base_url/version + path, where each
  * '%' in path is the string at the next given stack index, percent-encoded
  * as one segment. */
-static const char *push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a, int b) {
+const char *vpp_client_push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a,
+                                int b) {
   luaL_Buffer buf;
   int args[2];
   int n = 0;
@@ -273,21 +318,23 @@ static const char *push_url(lua_State *L, vpp_client *c, const char *version, co
   return lua_tostring(L, -1);
 }
 
-/* Performs one call on a token and returns the token or nil, err. */
-static int token_call(lua_State *L, vpp_client *c, int post, const char *url, int id_idx) {
+/* Performs one call on a token (its URL on top of the stack) and returns the
+ * token or nil, err. */
+static int token_call(lua_State *L, vpp_client *c, int post, int id_idx) {
   size_t idlen;
   const char *id = lua_tolstring(L, id_idx, &idlen);
-  int n = vpp_request_perform(L, c, post, url);
-  if (n) return n;
-  if (c->reply.status >= 200 && c->reply.status < 300) return vpp_decode_entity(L, c, id, idlen);
-  return vpp_decode_http_error(L, c);
+  vpp_transfer *t = vpp_engine_one(L, c, post, 1);
+  if (!t) return 2;
+  if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
+  return vpp_decode_entity(L, &t->reply, id, idlen);
 }
 
 static int do_sync_licenses(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  return token_call(L, c, 1, push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", 2, 0), 2);
+  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", 2, 0);
+  return token_call(L, c, 1, 2);
 }
 
 static int do_sync_apps(lua_State *L) {
@@ -296,14 +343,16 @@ static int do_sync_apps(lua_State *L) {
   check_id(L, 2, "organization_id", &n);
   check_id(L, 3, "token_id", &n);
   /* The legacy action exists only under /beta, whatever api_version says. */
-  return token_call(L, c, 1, push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", 2, 3), 3);
+  vpp_client_push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", 2, 3);
+  return token_call(L, c, 1, 3);
 }
 
 static int do_get_token(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  return token_call(L, c, 0, push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", 2, 0), 2);
+  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", 2, 0);
+  return token_call(L, c, 0, 2);
 }
 
 static void push_encoded(lua_State *L, int idx) {
@@ -379,11 +428,11 @@ static void push_query(lua_State *L, int q) {
 static int do_list_tokens(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   int out, seen;
-  const char *url;
+  const char *url = NULL;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
-  push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
+  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
   if (!lua_isnil(L, 2)) {
     push_query(L, 2);
     lua_concat(L, 2);
@@ -395,23 +444,23 @@ static int do_list_tokens(lua_State *L) {
   lua_pushvalue(L, out - 1); /* the first URL */
   for (;;) {
     int n;
-    url = lua_tostring(L, -1);
+    vpp_transfer *t;
     lua_pushvalue(L, -1);
     lua_pushboolean(L, 1);
     lua_rawset(L, seen);
-    if ((n = vpp_request_perform(L, c, 0, url))) return n;
-    if (c->reply.status < 200 || c->reply.status > 299) return vpp_decode_http_error(L, c);
+    if (!(t = vpp_engine_one(L, c, 0, 1))) return 2;
+    if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
     lua_pop(L, 1); /* the URL just fetched */
-    if ((n = vpp_decode_page(L, c, out, &url))) return n;
+    if ((n = vpp_decode_page(L, &t->reply, out, &url))) return n;
     if (!url) break;
     if (!vpp_url_same_origin(&c->origin, url))
-      return vpp_error_push(L, "decode", c->reply.status, "foreign_next_link",
-                            "@odata.nextLink points to another scheme, host or port than base_url", &c->reply);
+      return vpp_error_push(L, "decode", t->reply.status, "foreign_next_link",
+                            "@odata.nextLink points to another scheme, host or port than base_url", &t->reply);
     lua_pushvalue(L, -1);
     lua_rawget(L, seen);
     if (lua_toboolean(L, -1))
-      return vpp_error_push(L, "decode", c->reply.status, "next_link_loop",
-                            "@odata.nextLink points to a page already fetched", &c->reply);
+      return vpp_error_push(L, "decode", t->reply.status, "next_link_loop",
+                            "@odata.nextLink points to a page already fetched", &t->reply);
     lua_pop(L, 1);
   }
   lua_settop(L, out);
@@ -432,7 +481,7 @@ static int one_shot(lua_State *L, int nids, lua_CFunction call) {
   lua_call(L, 1, 1);
   lua_insert(L, 1); /* client, ids..., opts: the method's own layout */
   n = call(L);
-  client_release(lua_touserdata(L, 1));
+  client_release(lua_touserdata(L, 1)); /* not busy: the call has returned */
   return n;
 }
 
@@ -455,6 +504,7 @@ int vpp_client_open_lib(lua_State *L) {
   luaL_newmetatable(L, VPP_CLIENT_MT);
   luaL_setfuncs(L, meta, 0);
   luaL_newlib(L, methods);
+  vpp_batch_open(L, lua_gettop(L));
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   lua_remove(L, -2);

@@ -71,31 +71,31 @@ static int blank(const vpp_buf *b) {
   return 1;
 }
 
-static int decode_error(lua_State *L, vpp_client *c, const char *what) {
-  return vpp_error_push(L, "decode", c->reply.status, "invalid_response", what, &c->reply);
+static int decode_error(lua_State *L, vpp_reply *r, const char *what) {
+  return vpp_error_push(L, "decode", r->status, "invalid_response", what, r);
 }
 
 /* Decodes a JSON object body; returns 1 with it pushed, or 2 with nil, err. */
-static int decode_object(lua_State *L, vpp_client *c) {
-  if (!vpp_decode_body(L, c->reply.body.data, c->reply.body.len)) {
+static int decode_object(lua_State *L, vpp_reply *r) {
+  if (!vpp_decode_body(L, r->body.data, r->body.len)) {
     lua_pushfstring(L, "the response is not valid JSON (%s)", lua_tostring(L, -1));
-    return decode_error(L, c, lua_tostring(L, -1));
+    return decode_error(L, r, lua_tostring(L, -1));
   }
-  if (!is_object(L, -1)) return decode_error(L, c, "the response is not a JSON object");
+  if (!is_object(L, -1)) return decode_error(L, r, "the response is not a JSON object");
   return 1;
 }
 
 /* A 2xx answer to a call on one token: the token table, unwrapped from
  * {"value": {...}} when Graph wraps it; an empty body (204) gives {id = id}. */
-int vpp_decode_entity(lua_State *L, vpp_client *c, const char *id, size_t idlen) {
+int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen) {
   int n;
-  if (blank(&c->reply.body)) {
+  if (blank(&r->body)) {
     lua_createtable(L, 0, 1);
     lua_pushlstring(L, id, idlen);
     lua_setfield(L, -2, "id");
     return 1;
   }
-  if ((n = decode_object(L, c)) != 1) return n;
+  if ((n = decode_object(L, r)) != 1) return n;
   lua_getfield(L, -1, "value");
   if (is_object(L, -1)) {
     lua_remove(L, -2);
@@ -108,14 +108,14 @@ int vpp_decode_entity(lua_State *L, vpp_client *c, const char *id, size_t idlen)
 /* A 2xx list page: appends its "value" items to the table at `out` and
  * leaves the @odata.nextLink (or nil) pushed, returning 0; or returns 2
  * with nil, err pushed. */
-int vpp_decode_page(lua_State *L, vpp_client *c, int out, const char **next) {
+int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   int n, page;
   lua_Integer i, len, dst;
-  if ((n = decode_object(L, c)) != 1) return n;
+  if ((n = decode_object(L, r)) != 1) return n;
   page = lua_gettop(L);
   lua_getfield(L, page, "value");
   if (lua_type(L, -1) != LUA_TTABLE)
-    return decode_error(L, c, "the page has no \"value\" array");
+    return decode_error(L, r, "the page has no \"value\" array");
   len = (lua_Integer)lua_rawlen(L, -1);
   dst = (lua_Integer)lua_rawlen(L, out);
   for (i = 1; i <= len; i++) {
@@ -125,7 +125,7 @@ int vpp_decode_page(lua_State *L, vpp_client *c, int out, const char **next) {
   lua_pop(L, 1);
   lua_getfield(L, page, "@odata.nextLink");
   if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-    return decode_error(L, c, "@odata.nextLink is not a string");
+    return decode_error(L, r, "@odata.nextLink is not a string");
   *next = lua_tostring(L, -1);
   lua_remove(L, page);
   return 0;
@@ -139,8 +139,7 @@ static const char *string_field(lua_State *L, int t, const char *k) {
 
 /* A non-2xx answer: an "http" error carrying Graph's error.code and message,
  * and the request-id from the header or, failing that, innerError. */
-int vpp_decode_http_error(lua_State *L, vpp_client *c) {
-  vpp_reply *r = &c->reply;
+static int http_error(lua_State *L, vpp_reply *r) {
   const char *code = NULL, *message = NULL;
   int top = lua_gettop(L);
   if (vpp_decode_body(L, r->body.data, r->body.len) && is_object(L, -1)) {
@@ -166,4 +165,17 @@ int vpp_decode_http_error(lua_State *L, vpp_client *c) {
   lua_insert(L, top + 1);
   lua_settop(L, top + 2);
   return 2;
+}
+
+int vpp_reply_ok(const vpp_reply *r) {
+  return r->curl_code == CURLE_OK && !r->redirect_refused && r->status >= 200 && r->status <= 299;
+}
+
+/* Pushes nil, err for a reply that is not a 2xx. */
+int vpp_reply_error(lua_State *L, vpp_reply *r) {
+  if (r->redirect_refused)
+    return vpp_error_push(L, "http", r->status, "redirect_refused",
+                          "refused to follow a redirect to another scheme, host or port", r);
+  if (r->curl_code != CURLE_OK) return vpp_error_transport(L, r);
+  return http_error(L, r);
 }

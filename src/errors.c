@@ -40,6 +40,10 @@ int vpp_error_push(lua_State *L, const char *kind, long status, const char *code
   if (reply) {
     set_string(L, "request_id", reply->request_id);
     set_string(L, "client_request_id", reply->client_request_id);
+    if (reply->attempts > 0) {
+      lua_pushinteger(L, reply->attempts);
+      lua_setfield(L, -2, "attempts");
+    }
   }
   luaL_getmetatable(L, VPP_ERROR_MT);
   lua_setmetatable(L, -2);
@@ -50,6 +54,8 @@ int vpp_error_transport(lua_State *L, const vpp_reply *reply) {
   if (reply->too_large || reply->curl_code == CURLE_FILESIZE_EXCEEDED)
     return vpp_error_push(L, "transport", 0, "response_too_large",
                           "the response body is larger than max_response_bytes", reply);
+  if (reply->curl_code == CURLE_TOO_MANY_REDIRECTS)
+    return vpp_error_push(L, "transport", 0, "TOO_MANY_REDIRECTS", "too many redirects", reply);
   if (reply->out_of_memory)
     return vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY",
                           "not enough memory for the response body", reply);

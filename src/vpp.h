@@ -30,11 +30,27 @@ typedef struct vpp_reply {
   CURLcode curl_code;
   int too_large;               /* the body passed max_response_bytes */
   int out_of_memory;           /* the body could not be stored */
+  int redirect_refused;        /* a redirect to another origin */
+  int redirects;               /* same-origin redirects followed */
+  int sent;                    /* bytes of request sent */
+  int attempts;                /* tries so far, retries included */
+  char retry_after[64];        /* the Retry-After header, as sent */
   char request_id[128];        /* Graph's request-id response header */
   char client_request_id[40];  /* the UUID we sent */
   char curl_message[CURL_ERROR_SIZE];
   vpp_buf body;
 } vpp_reply;
+
+struct vpp_client;
+
+/* One easy handle of the client's pool, and the exchange it carries. */
+typedef struct vpp_transfer {
+  CURL *easy;
+  struct curl_slist *headers;  /* only while attached */
+  struct vpp_client *client;
+  int job;                     /* the job it runs, -1 when idle */
+  vpp_reply reply;
+} vpp_transfer;
 
 /* Origin of a URL, for the same-host checks on nextLink and redirects. */
 typedef struct vpp_origin {
@@ -43,27 +59,94 @@ typedef struct vpp_origin {
   char port[8];
 } vpp_origin;
 
+/* Token buckets for the proactive rate limit (throttle.c). */
+typedef struct vpp_bucket {
+  double capacity, tokens, per_second;
+} vpp_bucket;
+
+typedef struct vpp_ratelimit {
+  int enabled;
+  double last; /* monotonic time of the last refill */
+  vpp_bucket writes, requests;
+} vpp_ratelimit;
+
 /* The client userdata.  Strings it points to (base_url, api_version, ...) are
  * Lua strings kept alive by the userdata's user value table. */
 typedef struct vpp_client {
-  CURL *easy;                  /* NULL once closed */
-  struct curl_slist *headers;  /* only during a request */
+  CURLM *multi;                /* NULL once closed */
+  vpp_transfer **pool;         /* easy handles, reused across calls */
+  int pool_size;
+  int busy;                    /* an engine run is under way */
   const char *base_url;        /* no trailing slash */
   const char *api_version;
+  const char *ca_file, *user_agent;
+  long timeout_ms, connect_timeout_ms;
   size_t max_response_bytes;
+  int max_retries;
+  double max_retry_delay;
+  vpp_ratelimit rate;
   vpp_origin origin;
-  uint64_t rng[2];             /* client-request-id generator */
-  vpp_reply reply;
+  uint64_t rng[2];             /* client-request-ids and jitter */
 } vpp_client;
 
-/* client.c */
-int vpp_client_open_lib(lua_State *L); /* pushes the methods + module fns */
-vpp_client *vpp_client_check(lua_State *L, int idx);
+/* A run of the engine: n jobs, each a request to one URL. */
+typedef struct vpp_job {
+  double ready_at;             /* monotonic time it may (re)start */
+  int attempts;
+  int state;
+} vpp_job;
 
-/* request.c */
-int vpp_request_perform(lua_State *L, vpp_client *c, int post, const char *url);
-void vpp_request_init_handle(vpp_client *c);
-void vpp_request_release(vpp_client *c);
+typedef struct vpp_batch vpp_batch;
+
+/* Called once per job as it ends, from inside the protected engine run (so
+ * it may raise): with its transfer, or with t == NULL and nil, err pushed
+ * when the job failed before any transfer (no access token). */
+typedef void (*vpp_deliver_fn)(lua_State *L, vpp_batch *b, int job, vpp_transfer *t);
+
+struct vpp_batch {
+  vpp_client *c;
+  int n, post, concurrency;
+  vpp_job *jobs;               /* n entries, memory owned by a userdata */
+  int *waiting;                /* jobs waiting for a retry timer */
+  int nwaiting, next, done, active;
+  vpp_deliver_fn deliver;
+  vpp_transfer *last;          /* the transfer of the last finished job */
+};
+
+/* Stack slots of the protected engine run, where deliver functions find
+ * what their caller passed. */
+#define VPP_RUN_CLIENT 2
+#define VPP_RUN_URLS 3
+#define VPP_RUN_EXTRA 4
+
+/* client.c */
+int vpp_client_open_lib(lua_State *L);
+vpp_client *vpp_client_check(lua_State *L, int idx);
+uint64_t vpp_client_random(vpp_client *c);
+const char *vpp_client_push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a,
+                                int b);
+
+/* transfer.c */
+vpp_transfer *vpp_transfer_new(vpp_client *c);
+void vpp_transfer_free(vpp_transfer *t);
+int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post, const char *url);
+void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
+void vpp_transfer_release(vpp_transfer *t);
+int vpp_transfer_redirect(vpp_transfer *t);
+
+/* engine.c */
+void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra);
+vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx);
+double vpp_now(void);
+
+/* throttle.c */
+int vpp_retry_after(const char *value, double now_epoch, double *seconds);
+double vpp_backoff(int attempt, double cap, double unit_random);
+void vpp_rate_init(vpp_ratelimit *r, double writes, double requests, double per);
+double vpp_rate_take(vpp_ratelimit *r, double now, int write);
+
+/* batch.c */
+void vpp_batch_open(lua_State *L, int methods);
 
 /* url.c */
 size_t vpp_url_encode(char *out, const char *in, size_t len);
@@ -73,9 +156,10 @@ int vpp_url_same_origin(const vpp_origin *a, const char *url);
 
 /* decode.c */
 int vpp_decode_body(lua_State *L, const char *data, size_t len);
-int vpp_decode_entity(lua_State *L, vpp_client *c, const char *id, size_t idlen);
-int vpp_decode_page(lua_State *L, vpp_client *c, int out, const char **next);
-int vpp_decode_http_error(lua_State *L, vpp_client *c);
+int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
+int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
+int vpp_reply_ok(const vpp_reply *r);
+int vpp_reply_error(lua_State *L, vpp_reply *r);
 void vpp_decode_setup(lua_State *L);
 
 /* errors.c */
