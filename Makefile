@@ -62,12 +62,14 @@ lint: deps
 	luacheck --no-color -q lua spec fake-graph
 
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)
+	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
 	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
+	install -m 644 lua/vpp/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
+	rm -rf $(DESTDIR)$(LUA_SHAREDIR)/vpp
 
 clean:
 	rm -rf build src/*.o

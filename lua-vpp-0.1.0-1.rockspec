@@ -29,6 +29,8 @@ build = {
   type = "builtin",
   modules = {
     vpp = "lua/vpp.lua",
+    ["vpp.tokens"] = "lua/vpp/tokens.lua",
+    ["vpp.sync"] = "lua/vpp/sync.lua",
     ["vpp.core"] = {
       sources = {
         "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",

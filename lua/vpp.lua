@@ -1,7 +1,10 @@
 --- lua-vpp: the Microsoft Graph (Intune) Apple VPP token actions for Lua.
--- The HTTP work and the JSON mirroring are in C (vpp.core); this module is
--- the public face, and the place where pure-Lua helpers join it.
+-- The HTTP work, the concurrency and the JSON mirroring are in C
+-- (vpp.core); the helpers on token tables are pure Lua (vpp.tokens,
+-- vpp.sync).  This module is the public face.
 local core = require "vpp.core"
+local tokens = require "vpp.tokens"
+require "vpp.sync" -- adds sync_all and wait_for_sync to every client
 
 local vpp = {
   _VERSION = core._VERSION,
@@ -9,6 +12,9 @@ local vpp = {
   new = core.new,
   sync_licenses = core.sync_licenses,
   sync_apps = core.sync_apps,
+  filter = tokens.filter,
+  count_by = tokens.count_by,
+  parse_time = tokens.parse_time,
 }
 
 --- True when `v` is an error table returned by a vpp call.

@@ -75,6 +75,16 @@ describe("installation", function()
     assert.equal("3 inProgress", result)
   end)
 
+  it("the rockspec installs every Lua module in lua/", function()
+    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("l")))):read("a")
+    local p = io.popen("cd lua && find . -name '*.lua'")
+    for f in p:lines() do
+      local path = "lua/" .. f:gsub("^%./", "")
+      assert.truthy(rockspec:find('"' .. path .. '"', 1, true), path .. " is missing from the rockspec")
+    end
+    p:close()
+  end)
+
   it("the rockspec builds every C file in src/", function()
     local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("l")))):read("a")
     local listed = {}

@@ -25,16 +25,24 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
   many *m = (many *)b;
   size_t idlen;
   const char *id;
-  int ok;
+  int ok, base;
+  if (!t) lua_remove(L, -2); /* nil, err: keep err */
   lua_rawgeti(L, IDS, j + 1);
   id = lua_tolstring(L, -1, &idlen);
+  base = lua_gettop(L);
   if (!t) {
-    lua_insert(L, -3); /* id, nil, err */
+    lua_pushnil(L);
+    lua_pushvalue(L, base - 1);
   } else if (!vpp_reply_ok(&t->reply)) {
     vpp_reply_error(L, &t->reply);
   } else if (vpp_decode_entity(L, &t->reply, id, idlen) == 1) {
     lua_pushnil(L);
   }
+  /* The two results are on top, maybe above scratch values: move them down. */
+  lua_copy(L, -2, base + 1);
+  lua_copy(L, -1, base + 2);
+  lua_settop(L, base + 2);
+  if (!t) lua_remove(L, base - 1);
   /* id, token-or-nil, err-or-nil */
   ok = lua_isnil(L, -1);
   lua_createtable(L, 0, 4);

@@ -92,6 +92,20 @@ static lua_Integer integer_option(lua_State *L, int opts, const char *name, lua_
   return v;
 }
 
+static double rate_field(lua_State *L, int t, const char *k, double dflt) {
+  double v;
+  lua_getfield(L, t, k);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return dflt;
+  }
+  v = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(v > 0) || v > 1e9)
+    luaL_error(L, "vpp: opts.rate_limit.%s must be a positive number", k);
+  lua_pop(L, 1);
+  return v;
+}
+
 /* rate_limit: absent or true (Intune's limits), false (off), or a table
  * { writes = n, requests = m, per = seconds }. */
 static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
@@ -115,9 +129,9 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
         luaL_error(L, "vpp: unknown rate_limit key '%s' (expected writes, requests or per)",
                    luaL_tolstring(L, -1, NULL));
     }
-    writes = number_option(L, rl, "writes", writes);
-    requests = number_option(L, rl, "requests", requests);
-    per = number_option(L, rl, "per", per);
+    writes = rate_field(L, rl, "writes", writes);
+    requests = rate_field(L, rl, "requests", requests);
+    per = rate_field(L, rl, "per", per);
   } else if (t != LUA_TNIL && t != LUA_TBOOLEAN) {
     luaL_error(L, "vpp: opts.rate_limit must be false or a table { writes, requests, per }");
   }

@@ -98,7 +98,9 @@ vpp_transfer *vpp_transfer_new(vpp_client *c) {
   curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
   curl_easy_setopt(e, CURLOPT_ACCEPT_ENCODING, "");
   curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_2TLS);
-  curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L); /* multiplex on one HTTP/2 connection */
+  /* Over TLS, wait to multiplex on one HTTP/2 connection rather than open
+   * more; on plain HTTP (1.1) this would serialise the transfers. */
+  if (strcmp(c->origin.scheme, "https") == 0) curl_easy_setopt(e, CURLOPT_PIPEWAIT, 1L);
   curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L); /* see vpp_transfer_redirect */
 #if LIBCURL_VERSION_NUM >= 0x075500
   curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");

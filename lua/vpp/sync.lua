@@ -1,0 +1,137 @@
+--- Client methods built on the C core: sync every token of a tenant, and
+-- wait for syncs to finish.  Pure Lua; the concurrency is the core's.
+local core = require "vpp.core"
+local tokens = require "vpp.tokens"
+
+local methods = core.client_methods
+
+local function new_error(kind, code, message, fields)
+  local err = { kind = kind, code = code, message = message }
+  for k, v in pairs(fields or {}) do err[k] = v end
+  return setmetatable(err, core.error_mt)
+end
+
+local function check_keys(opts, allowed, fname)
+  if opts == nil then return {} end
+  if type(opts) ~= "table" then
+    error(("bad argument #1 to '%s' (opts must be a table, got %s)"):format(fname, type(opts)), 3)
+  end
+  for k in pairs(opts) do
+    if not allowed[k] then error(("vpp: unknown option '%s' for %s"):format(tostring(k), fname), 3) end
+  end
+  return opts
+end
+
+local function positive(v, name, default)
+  if v == nil then return default end
+  if type(v) ~= "number" or not (v > 0) then -- luacheck: ignore 581 (NaN must fail too)
+    error(("vpp: opts.%s must be a positive number of seconds"):format(name), 3)
+  end
+  return v
+end
+
+local finished = { completed = true, failed = true }
+
+local wait_options = { interval = true, timeout = true, concurrency = true }
+
+--- Polls get_token until lastSyncStatus is "completed" or "failed".  For one
+-- id: the final token, or nil, err (err.kind "timeout" when opts.timeout ran
+-- out).  For a list of ids: results like sync_many's, polled concurrently.
+function methods:wait_for_sync(id_or_ids, opts)
+  opts = check_keys(opts, wait_options, "wait_for_sync")
+  local single = type(id_or_ids) == "string"
+  local ids = single and { id_or_ids } or id_or_ids
+  if type(ids) ~= "table" then
+    error("bad argument #1 to 'wait_for_sync' (a token id or a list of them expected, got "
+      .. type(id_or_ids) .. ")", 2)
+  end
+  local interval = positive(opts.interval, "interval", 5)
+  local timeout = positive(opts.timeout, "timeout", 300)
+  local deadline = core._clock() + timeout
+  local results = { ok = 0, failed = 0 }
+  local pending, polls = {}, {}
+  for i = 1, #ids do pending[i] = i end
+  while #pending > 0 do
+    local batch = {}
+    for i, k in ipairs(pending) do batch[i] = ids[k] end
+    local polled = self:get_many(batch, { concurrency = opts.concurrency })
+    local still = {}
+    for i, r in ipairs(polled) do
+      local k = pending[i]
+      polls[k] = (polls[k] or 0) + r.attempts
+      if r.err or finished[r.token.lastSyncStatus] then
+        results[k] = { id = ids[k], token = r.token, err = r.err, attempts = polls[k] }
+      else
+        still[#still + 1] = k
+        results[k] = { id = ids[k], token = r.token, attempts = polls[k] }
+      end
+    end
+    pending = still
+    local left = deadline - core._clock()
+    if #pending > 0 and left <= 0 then
+      for _, k in ipairs(pending) do
+        results[k].err = new_error("timeout", "sync_timeout",
+          ("token %s was still syncing after %g s"):format(ids[k], timeout), { id = ids[k] })
+      end
+      break
+    end
+    if #pending > 0 then core._sleep(math.min(interval, left)) end
+  end
+  for _, r in ipairs(results) do
+    if r.err then results.failed = results.failed + 1 else results.ok = results.ok + 1 end
+  end
+  if single then
+    local r = results[1]
+    if r.err then return nil, r.err end
+    return r.token
+  end
+  return results
+end
+
+local filter_keys = { state = true, last_sync_status = true, account_type = true,
+  expires_within = true, expired = true, where = true, now = true }
+local sync_all_options = { include_in_progress = true, concurrency = true, on_result = true,
+  wait = true, wait_interval = true, wait_timeout = true }
+for k in pairs(filter_keys) do sync_all_options[k] = true end
+
+--- Lists every token, keeps those matching the filter criteria (state
+-- defaults to "valid"; state = false keeps every state), skips the ones
+-- already syncing unless opts.include_in_progress, and syncs the rest.
+-- Returns { listed, selected, skipped, results [, waited] }, or nil, err
+-- when the tokens could not be listed.
+function methods:sync_all(opts)
+  opts = check_keys(opts, sync_all_options, "sync_all")
+  local all, err = self:list_tokens()
+  if not all then return nil, err end
+  local criteria = {}
+  for k in pairs(filter_keys) do criteria[k] = opts[k] end
+  if opts.state == nil then
+    criteria.state = "valid"
+  elseif opts.state == false then
+    criteria.state = nil
+  end
+  local ids, skipped = {}, {}
+  for _, t in ipairs(tokens.filter(all, criteria)) do
+    if t.lastSyncStatus == "inProgress" and not opts.include_in_progress then
+      skipped[#skipped + 1] = t
+    else
+      ids[#ids + 1] = t.id
+    end
+  end
+  local report = {
+    listed = #all, selected = #ids, skipped = skipped,
+    results = self:sync_many(ids, { concurrency = opts.concurrency, on_result = opts.on_result }),
+  }
+  if opts.wait then
+    local started = {}
+    for _, r in ipairs(report.results) do
+      if r.token then started[#started + 1] = r.id end
+    end
+    report.waited = self:wait_for_sync(started, {
+      interval = opts.wait_interval, timeout = opts.wait_timeout, concurrency = opts.concurrency,
+    })
+  end
+  return report
+end
+
+return methods
