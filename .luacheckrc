@@ -4,3 +4,5 @@ max_line_length = 130
 files["spec/"] = { std = "+busted", max_line_length = 160 }
 -- The fake Graph server runs inside nginx, where `ngx` is a global.
 files["fake-graph/graph.lua"] = { globals = { "ngx" } }
+-- wrk runs its scripts with a `wrk` global to configure.
+files["bench/peers/wrk-post.lua"] = { globals = { "wrk" } }

@@ -32,7 +32,7 @@ DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
 
-.PHONY: all deps test valgrind lint install uninstall clean
+.PHONY: all deps test valgrind lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -58,8 +58,16 @@ valgrind: deps
 	  --suppressions=spec/valgrind.supp --num-callers=30 \
 	  $(LUA) spec/run_busted.lua spec
 
+# lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
+bench: deps
+	$(MAKE) all
+	@sh .ci/deps.sh wrk
+	@command -v node >/dev/null && command -v npm >/dev/null || sh .ci/deps.sh nodejs npm
+	cd bench && npm install --no-audit --no-fund --silent
+	$(LUA) bench/run.lua
+
 lint: deps
-	luacheck --no-color -q lua spec fake-graph
+	luacheck --no-color -q lua spec fake-graph bench
 
 install: $(CORE)
 	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp

@@ -52,5 +52,7 @@ int luaopen_vpp_core(lua_State *L) {
   lua_setfield(L, -2, "error_mt");
   lua_pushliteral(L, VPP_VERSION);
   lua_setfield(L, -2, "_VERSION");
+  lua_pushfstring(L, "libcurl/%s", curl_version_info(CURLVERSION_NOW)->version);
+  lua_setfield(L, -2, "_curl_version");
   return 1;
 }
