@@ -61,7 +61,7 @@ valgrind: deps
 # lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
 bench: deps
 	$(MAKE) all
-	@sh .ci/deps.sh wrk
+	@sh .ci/deps.sh wrk time
 	@command -v node >/dev/null && command -v npm >/dev/null || sh .ci/deps.sh nodejs npm
 	cd bench && npm install --no-audit --no-fund --silent
 	$(LUA) bench/run.lua
