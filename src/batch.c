@@ -7,7 +7,6 @@
 #define DEFAULT_CONCURRENCY 8
 #define MAX_CONCURRENCY 256
 
-enum { ACTION_SYNC_LICENSES, ACTION_SYNC_APPS, ACTION_GET };
 
 /* The batch and the counts the results table reports. */
 typedef struct many {
@@ -69,32 +68,32 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
   }
 }
 
-static void check_opts_keys(lua_State *L, int opts, int action) {
+static void check_opts_keys(lua_State *L, int opts, vpp_action action) {
   lua_pushnil(L);
   while (lua_next(L, opts)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
     lua_pop(L, 1);
     if (strcmp(k, "concurrency") && strcmp(k, "on_result") &&
-        (action == ACTION_GET || (strcmp(k, "action") && strcmp(k, "organization_id"))))
+        (action == VPP_GET_TOKEN || (strcmp(k, "action") && strcmp(k, "organization_id"))))
       luaL_error(L, "vpp: unknown option '%s'", luaL_tolstring(L, -1, NULL));
   }
 }
 
-static int read_action(lua_State *L, int opts) {
+static vpp_action read_action(lua_State *L, int opts) {
   const char *a;
   lua_getfield(L, opts, "action");
   if (lua_isnil(L, -1)) {
     lua_pop(L, 1);
-    return ACTION_SYNC_LICENSES;
+    return VPP_SYNC_LICENSES;
   }
   a = lua_tostring(L, -1);
   if (lua_type(L, -1) != LUA_TSTRING || (strcmp(a, "sync_licenses") && strcmp(a, "sync_apps")))
     luaL_error(L, "vpp: opts.action must be \"sync_licenses\" or \"sync_apps\"");
   lua_pop(L, 1);
-  return strcmp(a, "sync_apps") == 0 ? ACTION_SYNC_APPS : ACTION_SYNC_LICENSES;
+  return strcmp(a, "sync_apps") == 0 ? VPP_SYNC_APPS : VPP_SYNC_LICENSES;
 }
 
-static int run_many(lua_State *L, int action) {
+static int run_many(lua_State *L, vpp_action action) {
   vpp_client *c = vpp_client_check(L, 1);
   int n, i, concurrency = DEFAULT_CONCURRENCY, opts = 0;
   many m;
@@ -116,7 +115,7 @@ static int run_many(lua_State *L, int action) {
   }
   if (opts) {
     check_opts_keys(L, opts, action);
-    if (action != ACTION_GET) action = read_action(L, opts);
+    if (action != VPP_GET_TOKEN) action = read_action(L, opts);
     lua_getfield(L, opts, "concurrency");
     if (!lua_isnil(L, -1)) {
       int isint;
@@ -131,7 +130,7 @@ static int run_many(lua_State *L, int action) {
     lua_pop(L, 1);
   }
   /* 4: the organization id, for sync_apps */
-  if (action == ACTION_SYNC_APPS) {
+  if (action == VPP_SYNC_APPS) {
     lua_getfield(L, opts, "organization_id");
     if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
       luaL_error(L, "vpp: opts.organization_id must be a non-empty string for sync_apps");
@@ -142,12 +141,7 @@ static int run_many(lua_State *L, int action) {
   lua_createtable(L, n, 0);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
-    if (action == ACTION_SYNC_APPS)
-      vpp_client_push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", 4, 6);
-    else if (action == ACTION_GET)
-      vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", 6, 0);
-    else
-      vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", 6, 0);
+    vpp_client_push_action_url(L, c, action, 4, 6);
     lua_rawseti(L, 5, i);
     lua_pop(L, 1);
   }
@@ -158,7 +152,7 @@ static int run_many(lua_State *L, int action) {
   m.b.waiting = lua_newuserdatauv(L, (size_t)n * sizeof(int) + 1, 0);
   m.b.c = c;
   m.b.n = n;
-  m.b.post = action != ACTION_GET;
+  m.b.post = action != VPP_GET_TOKEN;
   m.b.concurrency = concurrency;
   m.b.deliver = many_deliver;
 
@@ -179,8 +173,8 @@ static int run_many(lua_State *L, int action) {
   return 1;
 }
 
-static int sync_many(lua_State *L) { return run_many(L, ACTION_SYNC_LICENSES); }
-static int get_many(lua_State *L) { return run_many(L, ACTION_GET); }
+static int sync_many(lua_State *L) { return run_many(L, VPP_SYNC_LICENSES); }
+static int get_many(lua_State *L) { return run_many(L, VPP_GET_TOKEN); }
 
 void vpp_batch_open(lua_State *L, int methods) {
   lua_pushcfunction(L, sync_many);

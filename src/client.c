@@ -308,8 +308,7 @@ static const char *check_id(lua_State *L, int idx, const char *name, size_t *len
 /* The one place that builds Graph URLs: base_url/version + path, where each
  * '%' in path is the string at the next given stack index, percent-encoded
  * as one segment. */
-const char *vpp_client_push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a,
-                                int b) {
+static const char *push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a, int b) {
   luaL_Buffer buf;
   int args[2];
   int n = 0;
@@ -332,6 +331,20 @@ const char *vpp_client_push_url(lua_State *L, vpp_client *c, const char *version
   return lua_tostring(L, -1);
 }
 
+/* The URL of an action on the token id at id_idx (and, for syncApps, the
+ * organization id at org_idx). */
+const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
+  switch (action) {
+    case VPP_SYNC_APPS:
+      /* The legacy action exists only under /beta, whatever api_version says. */
+      return push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", org_idx, id_idx);
+    case VPP_GET_TOKEN:
+      return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", id_idx, 0);
+    default:
+      return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", id_idx, 0);
+  }
+}
+
 /* Performs one call on a token (its URL on top of the stack) and returns the
  * token or nil, err. */
 static int token_call(lua_State *L, vpp_client *c, int post, int id_idx) {
@@ -347,7 +360,7 @@ static int do_sync_licenses(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", 2, 0);
+  vpp_client_push_action_url(L, c, VPP_SYNC_LICENSES, 0, 2);
   return token_call(L, c, 1, 2);
 }
 
@@ -356,8 +369,7 @@ static int do_sync_apps(lua_State *L) {
   size_t n;
   check_id(L, 2, "organization_id", &n);
   check_id(L, 3, "token_id", &n);
-  /* The legacy action exists only under /beta, whatever api_version says. */
-  vpp_client_push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", 2, 3);
+  vpp_client_push_action_url(L, c, VPP_SYNC_APPS, 2, 3);
   return token_call(L, c, 1, 3);
 }
 
@@ -365,7 +377,7 @@ static int do_get_token(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", 2, 0);
+  vpp_client_push_action_url(L, c, VPP_GET_TOKEN, 0, 2);
   return token_call(L, c, 0, 2);
 }
 
@@ -446,7 +458,7 @@ static int do_list_tokens(lua_State *L) {
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
-  vpp_client_push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
+  push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
   if (!lua_isnil(L, 2)) {
     push_query(L, 2);
     lua_concat(L, 2);

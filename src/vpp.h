@@ -119,12 +119,14 @@ struct vpp_batch {
 #define VPP_RUN_URLS 3
 #define VPP_RUN_EXTRA 4
 
+/* The calls on one token, and the URL of each (client.c). */
+typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN } vpp_action;
+
 /* client.c */
 int vpp_client_open_lib(lua_State *L);
 vpp_client *vpp_client_check(lua_State *L, int idx);
 uint64_t vpp_client_random(vpp_client *c);
-const char *vpp_client_push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a,
-                                int b);
+const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
 
 /* transfer.c */
 vpp_transfer *vpp_transfer_new(vpp_client *c);
