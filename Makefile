@@ -10,12 +10,14 @@ BUSTED ?= busted
 LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
 CURL_LIBS ?= $(shell $(PKG_CONFIG) --libs libcurl 2>/dev/null)
+CRYPTO_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcrypto 2>/dev/null)
+CRYPTO_LIBS ?= $(shell $(PKG_CONFIG) --libs libcrypto 2>/dev/null)
 
 CFLAGS ?= -O2 -g
-CFLAGS += -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS)
+CFLAGS += -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS) $(CRYPTO_CFLAGS)
 # A Lua C module never links liblua: the host provides its symbols.
 LDFLAGS_SHARED ?= -shared
-LIBS = $(CURL_LIBS) -lm -lpthread
+LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
 
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
@@ -26,7 +28,7 @@ CORE = build/$(LUA_VERSION)/vpp/core.so
 
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
-  libcurl4-openssl-dev lua-cjson lua-busted lua-socket nginx-light \
+  libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;

@@ -24,6 +24,7 @@ external_dependencies = {
   -- No header check: Debian keeps curl/curl.h in a multiarch include
   -- directory that luarocks does not search, while the compiler does.
   CURL = { library = "curl" },
+  OPENSSL = { header = "openssl/evp.h", library = "crypto" },
 }
 build = {
   type = "builtin",
@@ -33,13 +34,13 @@ build = {
     ["vpp.sync"] = "lua/vpp/sync.lua",
     ["vpp.core"] = {
       sources = {
-        "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",
-        "src/throttle.c", "src/transfer.c", "src/url.c", "src/vpp.c",
+        "src/auth.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",
+        "src/jwt.c", "src/throttle.c", "src/transfer.c", "src/url.c", "src/vpp.c",
       },
       defines = { "_GNU_SOURCE" },
-      libraries = { "curl", "m", "pthread" },
-      incdirs = { "$(CURL_INCDIR)" },
-      libdirs = { "$(CURL_LIBDIR)" },
+      libraries = { "curl", "crypto", "m", "pthread" },
+      incdirs = { "$(CURL_INCDIR)", "$(OPENSSL_INCDIR)" },
+      libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
   },
 }

@@ -174,7 +174,8 @@ describe("client", function()
         io.write(tostring(ok), " ", err)
       ]], "env -u GRAPH_ACCESS_TOKEN")
       assert.is_true(ok, out)
-      assert.equal("false vpp: no access token: set opts.access_token or GRAPH_ACCESS_TOKEN", out)
+      assert.equal("false vpp: no credentials: pass access_token, client_secret or client_certificate"
+        .. " (with tenant_id and client_id) or managed_identity, or set GRAPH_ACCESS_TOKEN", out)
     end)
 
     it("from a function that returns nothing gives an auth error", function()

@@ -10,7 +10,6 @@
 
 #include "vpp.h"
 
-#define DEFAULT_BASE_URL "https://graph.microsoft.com"
 #define DEFAULT_MAX_RESPONSE_BYTES (16 * 1024 * 1024)
 
 #define DEFAULT_MAX_RETRIES 3
@@ -21,8 +20,10 @@
 #define DEFAULT_RATE_PER 20.0
 
 static const char *const option_names[] = {
-    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "ca_file",
-    "user_agent", "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", NULL};
+    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "ca_file", "user_agent",
+    "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", "tenant_id", "client_id",
+    "client_secret", "client_certificate", "client_key", "client_key_password", "managed_identity",
+    "imds_url", "authority", "scope", "cloud", NULL};
 
 vpp_client *vpp_client_check(lua_State *L, int idx) {
   vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
@@ -158,29 +159,10 @@ static const char *string_option(lua_State *L, int opts, const char *name, int u
   return s;
 }
 
-static void read_access_token(lua_State *L, int opts, int uv) {
-  int t = LUA_TNIL;
-  if (opts) {
-    lua_getfield(L, opts, "access_token");
-    t = lua_type(L, -1);
-    if (t == LUA_TSTRING && lua_rawlen(L, -1) == 0) t = LUA_TNONE;
-    if (t != LUA_TNIL && t != LUA_TSTRING && t != LUA_TFUNCTION)
-      luaL_error(L, "vpp: opts.access_token must be a non-empty string or a function");
-  }
-  if (t == LUA_TNIL) {
-    const char *env = getenv("GRAPH_ACCESS_TOKEN");
-    if (!env || !*env)
-      luaL_error(L, "vpp: no access token: set opts.access_token or GRAPH_ACCESS_TOKEN");
-    if (opts) lua_pop(L, 1);
-    lua_pushstring(L, env);
-  }
-  lua_setfield(L, uv, "access_token");
-}
-
-static const char *read_base_url(lua_State *L, int opts, int uv, vpp_origin *origin) {
+static const char *read_base_url(lua_State *L, int opts, int uv, const char *dflt, vpp_origin *origin) {
   const char *s = string_option(L, opts, "base_url", uv);
   size_t n;
-  if (!s) s = DEFAULT_BASE_URL;
+  if (!s) s = dflt;
   if (strchr(s, '?') || strchr(s, '#') || !vpp_url_origin(s, origin))
     luaL_error(L, "vpp: opts.base_url must be an http(s) URL without query or fragment");
   n = strlen(s);
@@ -234,14 +216,15 @@ static int client_new(lua_State *L) {
   int opts = lua_isnoneornil(L, 1) ? 0 : 1, uv;
   vpp_client s, *c;
   lua_Integer max_bytes;
+  const char *graph;
   memset(&s, 0, sizeof s);
   check_opts(L, 1);
   lua_settop(L, opts ? 1 : 0);
   if (opts) check_known_options(L, opts);
   lua_newtable(L);
   uv = lua_gettop(L);
-  read_access_token(L, opts, uv);
-  s.base_url = read_base_url(L, opts, uv, &s.origin);
+  vpp_auth_read(L, opts, uv, &s.auth, &graph);
+  s.base_url = read_base_url(L, opts, uv, graph, &s.origin);
   s.api_version = read_api_version(L, opts, uv);
   s.timeout_ms = (long)(number_option(L, opts, "timeout", 60) * 1000);
   s.connect_timeout_ms = (long)(number_option(L, opts, "connect_timeout", 10) * 1000);
@@ -268,6 +251,7 @@ static int client_new(lua_State *L) {
 
 static void client_release(vpp_client *c) {
   int i;
+  vpp_auth_release(&c->auth);
   for (i = 0; i < c->pool_size; i++) vpp_transfer_free(c->pool[i]);
   free(c->pool);
   c->pool = NULL;
@@ -283,6 +267,11 @@ static int client_close(lua_State *L) {
   if (c->busy) return luaL_error(L, "vpp: the client cannot be closed from its own callbacks");
   client_release(c);
   return 0;
+}
+
+static int client_config(lua_State *L) {
+  vpp_auth_push_config(L, vpp_client_check(L, 1));
+  return 1;
 }
 
 static int client_tostring(lua_State *L) {
@@ -518,7 +507,8 @@ int vpp_client_open_lib(lua_State *L) {
   static const luaL_Reg methods[] = {
       {"sync_licenses", do_sync_licenses}, {"sync_apps", do_sync_apps},
       {"get_token", do_get_token},         {"list_tokens", do_list_tokens},
-      {"close", client_close},             {NULL, NULL}};
+      {"config", client_config},           {"close", client_close},
+      {NULL, NULL}};
   static const luaL_Reg meta[] = {{"__gc", client_close},
                                   {"__close", client_close},
                                   {"__tostring", client_tostring},

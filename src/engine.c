@@ -9,6 +9,7 @@
  * re-raised only after every transfer is detached. */
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "vpp.h"
@@ -97,6 +98,16 @@ static int retryable(const vpp_reply *r) {
   }
 }
 
+/* Graph's 401 for an expired or revoked token, when a new one can be had. */
+static int token_rejected(const vpp_client *c, const vpp_reply *r) {
+  static const char code[] = "InvalidAuthenticationToken";
+  size_t i;
+  if (r->curl_code != CURLE_OK || r->status != 401 || !vpp_auth_refreshable(c)) return 0;
+  for (i = 0; i + sizeof code - 1 <= r->body.len; i++)
+    if (memcmp(r->body.data + i, code, sizeof code - 1) == 0) return 1;
+  return 0;
+}
+
 static double retry_delay(vpp_client *c, const vpp_reply *r, int attempt) {
   double delay;
   if (!r->retry_after[0] || !vpp_retry_after(r->retry_after, epoch_now(), &delay))
@@ -126,6 +137,15 @@ static int collect(lua_State *L, vpp_batch *b) {
     b->active--;
     moved++;
     vpp_transfer_release(t); /* the headers; the reply stays */
+    if (token_rejected(c, &t->reply) && !job->reauthenticated) {
+      /* Once per request: a fresh token, then the same request again. */
+      job->reauthenticated = 1;
+      vpp_auth_drop(c, t->auth_generation);
+      job->ready_at = 0;
+      job->state = JOB_WAITING;
+      b->waiting[b->nwaiting++] = j;
+      continue;
+    }
     if (retryable(&t->reply) && job->attempts <= c->max_retries) {
       job->ready_at = vpp_now() + retry_delay(c, &t->reply, job->attempts);
       job->state = JOB_WAITING;
@@ -207,6 +227,7 @@ void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra) {
   int base = lua_gettop(L) - (2 + nextra), status;
   b->next = b->done = b->active = b->nwaiting = 0;
   b->last = NULL;
+  b->c->run++;
   lua_pushcfunction(L, engine_body);
   lua_insert(L, base + 1);
   lua_pushlightuserdata(L, b);
@@ -231,7 +252,7 @@ static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
  * the reply (which may be an HTTP or transport failure), or NULL with nil,
  * err pushed when it could not be sent at all. */
 vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx) {
-  vpp_job job = {0, 0, JOB_QUEUED};
+  vpp_job job = {0, 0, JOB_QUEUED, 0};
   int waiting;
   vpp_batch b;
   b.c = c;

@@ -6,7 +6,7 @@
 #include "vpp.h"
 #include "curl_codes.h"
 
-static const char *curl_code_name(CURLcode rc) {
+const char *vpp_curl_code_name(CURLcode rc) {
   switch (rc) {
 #define VPP_NAME(n) \
   case CURLE_##n:   \
@@ -59,7 +59,7 @@ int vpp_error_transport(lua_State *L, const vpp_reply *reply) {
   if (reply->out_of_memory)
     return vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY",
                           "not enough memory for the response body", reply);
-  return vpp_error_push(L, "transport", 0, curl_code_name(reply->curl_code),
+  return vpp_error_push(L, "transport", 0, vpp_curl_code_name(reply->curl_code),
                         reply->curl_message[0] ? reply->curl_message
                                                : curl_easy_strerror(reply->curl_code),
                         reply);

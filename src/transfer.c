@@ -140,7 +140,7 @@ void vpp_transfer_free(vpp_transfer *t) {
   free(t);
 }
 
-static void new_request_id(vpp_client *c, char out[40]) {
+void vpp_new_uuid(vpp_client *c, char out[40]) {
   static const char hex[] = "0123456789abcdef";
   uint64_t hi = vpp_client_random(c), lo = vpp_client_random(c);
   unsigned char bytes[16];
@@ -188,29 +188,6 @@ static int header_safe(const char *s, size_t n) {
   return 1;
 }
 
-/* Pushes the bearer token, calling the access_token function if there is one;
- * returns 0 with nil, err pushed when there is none.  Errors raised by the
- * function propagate: they are the caller's own code. */
-static int push_token(lua_State *L, int client_idx) {
-  lua_getiuservalue(L, client_idx, 1);
-  lua_getfield(L, -1, "access_token");
-  lua_remove(L, -2);
-  if (lua_isfunction(L, -1)) {
-    lua_call(L, 0, 1); /* the client is busy: the function cannot close it */
-    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
-      lua_pop(L, 1);
-      vpp_error_push(L, "auth", 0, "no_token", "the access_token function returned no token", NULL);
-      return 0;
-    }
-  }
-  if (!header_safe(lua_tostring(L, -1), lua_rawlen(L, -1))) {
-    lua_pop(L, 1);
-    vpp_error_push(L, "auth", 0, "invalid_token", "the access token contains control characters", NULL);
-    return 0;
-  }
-  return 1;
-}
-
 /* Readies t for one request.  Returns 1; or 0 with nil, err pushed when no
  * token could be had or memory ran out.  Headers are released before
  * anything here can raise. */
@@ -221,8 +198,12 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   size_t token_len;
   int ok, attempts = r->attempts;
 
-  if (!push_token(L, client_idx)) return 0;
-  token = lua_tolstring(L, -1, &token_len);
+  if (!vpp_auth_token(L, t->client, client_idx, &token, &token_len)) return 0;
+  if (!header_safe(token, token_len)) {
+    vpp_error_push(L, "auth", 0, "invalid_token", "the access token contains control characters", NULL);
+    return 0;
+  }
+  t->auth_generation = t->client->auth.generation;
 
   if (r->body.cap > VPP_KEEP_BODY_BYTES) vpp_buf_free(&r->body);
   r->body.len = 0;
@@ -231,7 +212,7 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   r->too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = 0;
   r->attempts = attempts;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = '\0';
-  new_request_id(t->client, r->client_request_id);
+  vpp_new_uuid(t->client, r->client_request_id);
   memcpy(rid_line, "client-request-id: ", 19);
   memcpy(rid_line + 19, r->client_request_id, strlen(r->client_request_id) + 1);
 
@@ -239,7 +220,6 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
    * no body.  (Nor is there an Expect: libcurl sends that for large bodies.) */
   ok = add_auth_header(t, token, token_len) && add_header(t, "Accept: application/json") &&
        add_header(t, rid_line) && (!post || add_header(t, "Content-Type:"));
-  lua_pop(L, 1); /* the token */
   if (!ok) {
     vpp_transfer_release(t);
     vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY", "cannot build the request headers", r);

@@ -50,6 +50,8 @@ int luaopen_vpp_core(lua_State *L) {
   lua_setfield(L, -2, "null");
   luaL_getmetatable(L, VPP_ERROR_MT);
   lua_setfield(L, -2, "error_mt");
+  vpp_auth_push_clouds(L);
+  lua_setfield(L, -2, "clouds");
   lua_pushliteral(L, VPP_VERSION);
   lua_setfield(L, -2, "_VERSION");
   lua_pushfstring(L, "libcurl/%s", curl_version_info(CURLVERSION_NOW)->version);

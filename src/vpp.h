@@ -49,6 +49,7 @@ typedef struct vpp_transfer {
   struct curl_slist *headers;  /* only while attached */
   struct vpp_client *client;
   int job;                     /* the job it runs, -1 when idle */
+  unsigned auth_generation;    /* of the token it sent */
   vpp_reply reply;
 } vpp_transfer;
 
@@ -70,6 +71,22 @@ typedef struct vpp_ratelimit {
   vpp_bucket writes, requests;
 } vpp_ratelimit;
 
+/* Credentials and the token cache (auth.c). */
+typedef enum { VPP_CRED_STATIC, VPP_CRED_FUNCTION, VPP_CRED_SECRET, VPP_CRED_CERTIFICATE, VPP_CRED_MANAGED } vpp_cred;
+
+typedef struct vpp_auth {
+  vpp_cred kind;
+  /* Lua strings anchored by the client's user value table; NULL if unset */
+  const char *tenant_id, *client_id, *client_secret, *cert_path, *key_path, *key_password;
+  const char *authority, *scope, *imds_url, *cloud;
+  char *token;                 /* the cached access token: C memory, wiped when dropped */
+  size_t token_len;
+  double refresh_at;           /* monotonic time to fetch anew; 0: fetch now */
+  unsigned generation;         /* bumped at each new token */
+  unsigned failed_run;         /* the engine run whose fetch failed (see auth.c) */
+  struct vpp_transfer *fetcher; /* the handle token requests go through */
+} vpp_auth;
+
 /* The client userdata.  Strings it points to (base_url, api_version, ...) are
  * Lua strings kept alive by the userdata's user value table. */
 typedef struct vpp_client {
@@ -85,6 +102,8 @@ typedef struct vpp_client {
   int max_retries;
   double max_retry_delay;
   vpp_ratelimit rate;
+  vpp_auth auth;
+  unsigned run;                /* counts engine runs */
   vpp_origin origin;
   uint64_t rng[2];             /* client-request-ids and jitter */
 } vpp_client;
@@ -94,6 +113,7 @@ typedef struct vpp_job {
   double ready_at;             /* monotonic time it may (re)start */
   int attempts;
   int state;
+  int reauthenticated;         /* retried once after a 401 with a new token */
 } vpp_job;
 
 typedef struct vpp_batch vpp_batch;
@@ -135,6 +155,7 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
 void vpp_transfer_release(vpp_transfer *t);
 int vpp_transfer_redirect(vpp_transfer *t);
+void vpp_new_uuid(vpp_client *c, char out[40]);
 
 /* engine.c */
 void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra);
@@ -146,6 +167,28 @@ int vpp_retry_after(const char *value, double now_epoch, double *seconds);
 double vpp_backoff(int attempt, double cap, double unit_random);
 void vpp_rate_init(vpp_ratelimit *r, double writes, double requests, double per);
 double vpp_rate_take(vpp_ratelimit *r, double now, int write);
+
+/* auth.c */
+void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url);
+int vpp_auth_token(lua_State *L, vpp_client *c, int client_idx, const char **token, size_t *len);
+int vpp_auth_refreshable(const vpp_client *c);
+void vpp_auth_drop(vpp_client *c, unsigned generation);
+void vpp_auth_release(vpp_auth *a);
+void vpp_auth_push_config(lua_State *L, const vpp_client *c);
+void vpp_auth_push_clouds(lua_State *L);
+
+/* jwt.c */
+typedef struct vpp_jwt_params {
+  const char *cert_path, *key_path, *key_password, *audience, *client_id, *jti;
+  long now;
+} vpp_jwt_params;
+
+typedef struct vpp_jwt_error {
+  const char *code;
+  char message[160];
+} vpp_jwt_error;
+
+int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e);
 
 /* batch.c */
 void vpp_batch_open(lua_State *L, int methods);
@@ -168,6 +211,7 @@ void vpp_decode_setup(lua_State *L);
 int vpp_error_push(lua_State *L, const char *kind, long status, const char *code,
                    const char *message, const vpp_reply *reply);
 int vpp_error_transport(lua_State *L, const vpp_reply *reply);
+const char *vpp_curl_code_name(CURLcode rc);
 void vpp_error_setup(lua_State *L);
 
 #endif

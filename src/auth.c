@@ -1,0 +1,488 @@
+/* Credentials, national clouds and the token cache.  A client gets its
+ * bearer token from a string, a function, the identity platform (client
+ * secret or certificate) or the instance metadata endpoint (managed
+ * identity); fetched tokens are kept in C memory, wiped when dropped, and
+ * reused until shortly before they expire. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "vpp.h"
+
+#define CLOUD(X)                                                                       \
+  X("global", "https://graph.microsoft.com", "https://login.microsoftonline.com")      \
+  X("usgov", "https://graph.microsoft.us", "https://login.microsoftonline.us")         \
+  X("dod", "https://dod-graph.microsoft.us", "https://login.microsoftonline.us")       \
+  X("china", "https://microsoftgraph.chinacloudapi.cn", "https://login.chinacloudapi.cn")
+
+typedef struct cloud {
+  const char *name, *graph, *authority;
+} cloud;
+
+static const cloud clouds[] = {
+#define CLOUD_ENTRY(name, graph, authority) {name, graph, authority},
+    CLOUD(CLOUD_ENTRY)
+#undef CLOUD_ENTRY
+};
+
+#define DEFAULT_IMDS_URL "http://169.254.169.254/metadata/identity/oauth2/token"
+#define REFRESH_MARGIN 300.0 /* seconds before expiry */
+
+static const char *const cred_names[] = {"access_token", "access_token function", "client_secret",
+                                         "client_certificate", "managed_identity"};
+
+/* ---- settings ---------------------------------------------------------- */
+
+/* opts[name] as a non-empty string anchored in uv, or NULL when absent. */
+static const char *opt_string(lua_State *L, int opts, int uv, const char *name) {
+  const char *s;
+  if (!opts) return NULL;
+  lua_getfield(L, opts, name);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return NULL;
+  }
+  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0 || strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1))
+    luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
+  lua_setfield(L, uv, name);
+  lua_getfield(L, uv, name);
+  s = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return s;
+}
+
+static const char *anchored(lua_State *L, int uv, const char *name, const char *value) {
+  lua_pushstring(L, value);
+  lua_setfield(L, uv, name);
+  lua_getfield(L, uv, name);
+  value = lua_tostring(L, -1);
+  lua_pop(L, 1);
+  return value;
+}
+
+static const cloud *find_cloud(lua_State *L, const char *name) {
+  size_t i;
+  for (i = 0; i < sizeof clouds / sizeof clouds[0]; i++)
+    if (strcmp(clouds[i].name, name) == 0) return &clouds[i];
+  luaL_error(L, "vpp: opts.cloud must be \"global\", \"usgov\", \"dod\" or \"china\"");
+  return NULL;
+}
+
+static int present(lua_State *L, int opts, const char *name) {
+  int yes;
+  if (!opts) return 0;
+  lua_getfield(L, opts, name);
+  yes = !lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
+  lua_pop(L, 1);
+  return yes;
+}
+
+static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
+  lua_getfield(L, opts, "managed_identity");
+  if (lua_istable(L, -1)) {
+    int mi = lua_gettop(L);
+    lua_pushnil(L);
+    while (lua_next(L, mi)) {
+      lua_pop(L, 1);
+      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "client_id"))
+        luaL_error(L, "vpp: opts.managed_identity takes only client_id");
+    }
+    a->client_id = opt_string(L, mi, uv, "client_id");
+  } else if (!lua_isboolean(L, -1)) {
+    luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ... }");
+  }
+  lua_pop(L, 1);
+  a->imds_url = opt_string(L, opts, uv, "imds_url");
+  if (!a->imds_url) a->imds_url = DEFAULT_IMDS_URL;
+}
+
+/* Reads the credential and cloud settings; picks the default base URL. */
+void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url) {
+  const cloud *cl;
+  const char *name;
+  int n = present(L, opts, "access_token") + present(L, opts, "client_secret") +
+          present(L, opts, "client_certificate") + present(L, opts, "managed_identity");
+  memset(a, 0, sizeof *a);
+  if (n > 1)
+    luaL_error(L, "vpp: choose one credential: access_token, client_secret, client_certificate or managed_identity");
+  name = opt_string(L, opts, uv, "cloud");
+  cl = find_cloud(L, name ? name : "global");
+  a->cloud = cl->name;
+  *base_url = cl->graph;
+  a->authority = opt_string(L, opts, uv, "authority");
+  if (!a->authority) a->authority = cl->authority;
+  a->scope = opt_string(L, opts, uv, "scope");
+  if (!a->scope) {
+    lua_pushfstring(L, "%s/.default", cl->graph);
+    a->scope = anchored(L, uv, "scope", lua_tostring(L, -1));
+    lua_pop(L, 1);
+  }
+  if (present(L, opts, "client_secret") || present(L, opts, "client_certificate")) {
+    a->kind = present(L, opts, "client_secret") ? VPP_CRED_SECRET : VPP_CRED_CERTIFICATE;
+    a->tenant_id = opt_string(L, opts, uv, "tenant_id");
+    a->client_id = opt_string(L, opts, uv, "client_id");
+    if (!a->tenant_id || !a->client_id)
+      luaL_error(L, "vpp: opts.%s needs opts.tenant_id and opts.client_id", cred_names[a->kind]);
+    a->client_secret = opt_string(L, opts, uv, "client_secret");
+    a->cert_path = opt_string(L, opts, uv, "client_certificate");
+  } else if (present(L, opts, "managed_identity")) {
+    a->kind = VPP_CRED_MANAGED;
+    read_managed_identity(L, opts, uv, a);
+  } else {
+    a->kind = VPP_CRED_STATIC;
+    if (opts) lua_getfield(L, opts, "access_token");
+    else lua_pushnil(L);
+    if (lua_isfunction(L, -1)) {
+      a->kind = VPP_CRED_FUNCTION;
+    } else if (lua_isnil(L, -1)) {
+      const char *env = getenv("GRAPH_ACCESS_TOKEN");
+      if (!env || !*env)
+        luaL_error(L, "vpp: no credentials: pass access_token, client_secret or client_certificate (with "
+                      "tenant_id and client_id) or managed_identity, or set GRAPH_ACCESS_TOKEN");
+      lua_pop(L, 1);
+      lua_pushstring(L, env);
+    } else if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0) {
+      luaL_error(L, "vpp: opts.access_token must be a non-empty string or a function");
+    }
+    lua_setfield(L, uv, "access_token");
+  }
+  if (a->kind != VPP_CRED_CERTIFICATE &&
+      (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
+    luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
+  a->key_path = opt_string(L, opts, uv, "client_key");
+  a->key_password = opt_string(L, opts, uv, "client_key_password");
+  if (a->kind != VPP_CRED_MANAGED && present(L, opts, "imds_url"))
+    luaL_error(L, "vpp: opts.imds_url goes with opts.managed_identity");
+}
+
+void vpp_auth_push_clouds(lua_State *L) {
+  size_t i;
+  lua_createtable(L, 0, (int)(sizeof clouds / sizeof clouds[0]));
+  for (i = 0; i < sizeof clouds / sizeof clouds[0]; i++) {
+    lua_createtable(L, 0, 3);
+    lua_pushstring(L, clouds[i].graph);
+    lua_setfield(L, -2, "graph");
+    lua_pushstring(L, clouds[i].authority);
+    lua_setfield(L, -2, "authority");
+    lua_pushfstring(L, "%s/.default", clouds[i].graph);
+    lua_setfield(L, -2, "scope");
+    lua_setfield(L, -2, clouds[i].name);
+  }
+}
+
+static void set_field(lua_State *L, const char *k, const char *v) {
+  if (!v) return;
+  lua_pushstring(L, v);
+  lua_setfield(L, -2, k);
+}
+
+/* client:config(): the effective settings, without any secret. */
+void vpp_auth_push_config(lua_State *L, const vpp_client *c) {
+  const vpp_auth *a = &c->auth;
+  lua_createtable(L, 0, 10);
+  set_field(L, "base_url", c->base_url);
+  set_field(L, "api_version", c->api_version);
+  set_field(L, "cloud", a->cloud);
+  set_field(L, "authority", a->authority);
+  set_field(L, "scope", a->scope);
+  set_field(L, "credential", cred_names[a->kind]);
+  set_field(L, "tenant_id", a->tenant_id);
+  set_field(L, "client_id", a->client_id);
+  if (a->kind == VPP_CRED_MANAGED) set_field(L, "imds_url", a->imds_url);
+}
+
+/* ---- the cache --------------------------------------------------------- */
+
+static void wipe_token(vpp_auth *a) {
+  if (a->token) {
+    volatile char *p = a->token;
+    size_t n = a->token_len;
+    while (n--) *p++ = '\0';
+    free(a->token);
+  }
+  a->token = NULL;
+  a->token_len = 0;
+  a->refresh_at = 0;
+}
+
+void vpp_auth_release(vpp_auth *a) {
+  wipe_token(a);
+  vpp_transfer_free(a->fetcher);
+  a->fetcher = NULL;
+}
+
+int vpp_auth_refreshable(const vpp_client *c) { return c->auth.kind != VPP_CRED_STATIC; }
+
+/* After a 401: forget the token, unless it was already replaced. */
+void vpp_auth_drop(vpp_client *c, unsigned generation) {
+  if (generation == c->auth.generation) c->auth.refresh_at = 0;
+}
+
+/* Keeps a copy of the token until refresh_at; 0 when out of memory. */
+static int keep(vpp_auth *a, const char *token, size_t len, double lifetime) {
+  char *copy = malloc(len + 1);
+  if (!copy) return 0;
+  memcpy(copy, token, len);
+  copy[len] = '\0';
+  wipe_token(a);
+  a->token = copy;
+  a->token_len = len;
+  a->generation++;
+  /* Refresh 5 minutes early; for short lifetimes, halfway through. */
+  if (lifetime <= 0)
+    a->refresh_at = 0;
+  else
+    a->refresh_at = vpp_now() + (lifetime > 2 * REFRESH_MARGIN ? lifetime - REFRESH_MARGIN : lifetime / 2);
+  return 1;
+}
+
+static int auth_error(lua_State *L, const char *code, const char *message, long status) {
+  return vpp_error_push(L, "auth", status, code, message, NULL);
+}
+
+/* ---- fetching ---------------------------------------------------------- */
+
+static int add_encoded(vpp_buf *b, const char *s) {
+  size_t n = strlen(s);
+  char *tmp = malloc(3 * n + 1);
+  int ok;
+  if (!tmp) return 0;
+  ok = vpp_buf_append(b, tmp, vpp_url_encode(tmp, s, n));
+  free(tmp);
+  return ok;
+}
+
+static int add(vpp_buf *b, const char *s) { return vpp_buf_append(b, s, strlen(s)); }
+
+static void wipe_buf(vpp_buf *b) {
+  volatile char *p = b->data;
+  size_t n = b->len;
+  while (p && n--) *p++ = '\0';
+  vpp_buf_free(b);
+}
+
+/* The token endpoint URL and form, or the IMDS URL; 1, or 0 with e set. */
+static int build_request(vpp_client *c, vpp_buf *url, vpp_buf *form, vpp_jwt_error *e) {
+  vpp_auth *a = &c->auth;
+  int ok;
+  e->code = "out_of_memory";
+  snprintf(e->message, sizeof e->message, "not enough memory for the token request");
+  if (a->kind == VPP_CRED_MANAGED) {
+    size_t n = strlen(a->scope);
+    char *resource = malloc(n + 1);
+    if (!resource) return 0;
+    memcpy(resource, a->scope, n + 1);
+    if (n > 9 && strcmp(resource + n - 9, "/.default") == 0) resource[n - 9] = '\0';
+    ok = add(url, a->imds_url) && add(url, strchr(a->imds_url, '?') ? "&" : "?") &&
+         add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
+         (!a->client_id || (add(url, "&client_id=") && add_encoded(url, a->client_id))) &&
+         vpp_buf_append(url, "", 1);
+    free(resource);
+    return ok;
+  }
+  ok = add(url, a->authority) && (url->len && url->data[url->len - 1] == '/' ? 1 : add(url, "/")) &&
+       add_encoded(url, a->tenant_id) && add(url, "/oauth2/v2.0/token") && vpp_buf_append(url, "", 1);
+  ok = ok && add(form, "grant_type=client_credentials&client_id=") && add_encoded(form, a->client_id) &&
+       add(form, "&scope=") && add_encoded(form, a->scope);
+  if (!ok) return 0;
+  if (a->kind == VPP_CRED_SECRET) return add(form, "&client_secret=") && add_encoded(form, a->client_secret);
+  {
+    vpp_jwt_params p;
+    vpp_buf jwt = {0};
+    char jti[40];
+    vpp_new_uuid(c, jti);
+    p.cert_path = a->cert_path;
+    p.key_path = a->key_path;
+    p.key_password = a->key_password;
+    p.audience = url->data;
+    p.client_id = a->client_id;
+    p.jti = jti;
+    p.now = (long)time(NULL);
+    if (!vpp_jwt_assertion(&p, &jwt, e)) {
+      wipe_buf(&jwt);
+      return 0;
+    }
+    ok = add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+                   "&client_assertion=") &&
+         vpp_buf_append(form, jwt.data, jwt.len);
+    wipe_buf(&jwt);
+    return ok;
+  }
+}
+
+/* Runs the token request on the client's own handle; the C buffers with the
+ * secret or the assertion are wiped and freed before any Lua runs. */
+static int send_request(vpp_client *c, vpp_transfer *t, vpp_jwt_error *e) {
+  vpp_buf url = {0}, form = {0};
+  vpp_reply *r = &t->reply;
+  int ok = build_request(c, &url, &form, e);
+  if (ok) {
+    r->body.len = 0;
+    r->status = 0;
+    r->too_large = r->out_of_memory = 0;
+    r->request_id[0] = r->curl_message[0] = '\0';
+    t->headers = curl_slist_append(NULL, "Accept: application/json");
+    if (c->auth.kind == VPP_CRED_MANAGED && t->headers) curl_slist_append(t->headers, "Metadata: true");
+    curl_easy_setopt(t->easy, CURLOPT_URL, url.data);
+    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
+    if (c->auth.kind == VPP_CRED_MANAGED) {
+      curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    } else {
+      curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, form.data);
+      curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)form.len);
+    }
+    r->curl_code = curl_easy_perform(t->easy);
+    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, NULL);
+    vpp_transfer_release(t);
+  }
+  vpp_buf_free(&url);
+  wipe_buf(&form);
+  return ok;
+}
+
+static double number_field(lua_State *L, int t, const char *k) {
+  double v = -1;
+  lua_getfield(L, t, k);
+  if (lua_type(L, -1) == LUA_TNUMBER || lua_type(L, -1) == LUA_TSTRING) v = lua_tonumber(L, -1);
+  lua_pop(L, 1);
+  return v; /* IMDS sends expires_in as a string */
+}
+
+/* A failed answer of the identity platform: its error, error_description,
+ * error_codes, trace_id and correlation_id. */
+static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
+  const char *code = NULL, *message = NULL;
+  if (body) {
+    lua_getfield(L, body, "error");
+    code = lua_tostring(L, -1);
+    lua_getfield(L, body, "error_description");
+    message = lua_tostring(L, -1);
+  }
+  if (!message) message = lua_pushfstring(L, "HTTP %d from the token endpoint", (int)r->status);
+  vpp_error_push(L, "auth", r->status, code ? code : "invalid_response", message, NULL);
+  if (body) {
+    static const char *const copied[][2] = {
+        {"error_codes", "aad_codes"}, {"trace_id", "trace_id"}, {"correlation_id", "correlation_id"}};
+    size_t i;
+    for (i = 0; i < sizeof copied / sizeof copied[0]; i++) {
+      lua_getfield(L, body, copied[i][0]);
+      lua_setfield(L, -2, copied[i][1]);
+    }
+  }
+  return 2;
+}
+
+/* Fetches a token into the cache: 1; or 0 with nil, err pushed. */
+static int fetch(lua_State *L, vpp_client *c) {
+  vpp_auth *a = &c->auth;
+  vpp_reply *r;
+  vpp_jwt_error e;
+  const char *token;
+  size_t len;
+  int top = lua_gettop(L), body = 0;
+  double lifetime;
+  if (!a->fetcher && !(a->fetcher = vpp_transfer_new(c))) {
+    auth_error(L, "out_of_memory", "cannot create a libcurl handle", 0);
+    return 0;
+  }
+  if (!send_request(c, a->fetcher, &e)) {
+    auth_error(L, e.code, e.message, 0);
+    return 0;
+  }
+  r = &a->fetcher->reply;
+  if (r->curl_code != CURLE_OK) {
+    auth_error(L, vpp_curl_code_name(r->curl_code),
+               r->curl_message[0] ? r->curl_message : curl_easy_strerror(r->curl_code), 0);
+    return 0;
+  }
+  if (vpp_decode_body(L, r->body.data, r->body.len) && lua_istable(L, -1)) body = lua_gettop(L);
+  if (r->status != 200 || !body) {
+    endpoint_error(L, r, body);
+    lua_insert(L, top + 1);
+    lua_insert(L, top + 1);
+    lua_settop(L, top + 2);
+    return 0;
+  }
+  lua_getfield(L, body, "access_token");
+  token = lua_tolstring(L, -1, &len);
+  lifetime = number_field(L, body, "expires_in");
+  if (lua_type(L, -1) != LUA_TSTRING || len == 0 || !(lifetime > 0)) {
+    lua_settop(L, top);
+    auth_error(L, "invalid_response", "the token endpoint answered without access_token and expires_in", r->status);
+    return 0;
+  }
+  if (!keep(a, token, len, lifetime)) {
+    lua_settop(L, top);
+    auth_error(L, "out_of_memory", "not enough memory for the token", 0);
+    return 0;
+  }
+  lua_settop(L, top);
+  return 1;
+}
+
+/* Calls the access_token function: (token [, expires_at]). */
+static int call_provider(lua_State *L, vpp_client *c, int client_idx) {
+  const char *token;
+  size_t len;
+  double lifetime = 0;
+  lua_getiuservalue(L, client_idx, 1);
+  lua_getfield(L, -1, "access_token");
+  lua_remove(L, -2);
+  lua_call(L, 0, 2); /* the client is busy: the function cannot close or use it */
+  token = lua_tolstring(L, -2, &len);
+  if (lua_type(L, -2) != LUA_TSTRING || len == 0) {
+    lua_pop(L, 2);
+    auth_error(L, "no_token", "the access_token function returned no token", 0);
+    return 0;
+  }
+  if (lua_type(L, -1) == LUA_TNUMBER) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    lifetime = lua_tonumber(L, -1) - ((double)ts.tv_sec + ts.tv_nsec / 1e9);
+    if (!(lifetime > 0)) lifetime = 0;
+  }
+  if (!keep(&c->auth, token, len, lifetime)) {
+    lua_pop(L, 2);
+    auth_error(L, "out_of_memory", "not enough memory for the token", 0);
+    return 0;
+  }
+  lua_pop(L, 2);
+  return 1;
+}
+
+/* The token to send: *token stays valid until the next call.  Returns 1, or
+ * 0 with nil, err pushed.  A fetch that failed is not repeated within the
+ * same engine run: the other jobs of a batch get the same error. */
+int vpp_auth_token(lua_State *L, vpp_client *c, int client_idx, const char **token, size_t *len) {
+  vpp_auth *a = &c->auth;
+  if (a->kind == VPP_CRED_STATIC) {
+    lua_getiuservalue(L, client_idx, 1);
+    lua_getfield(L, -1, "access_token");
+    *token = lua_tolstring(L, -1, len);
+    lua_pop(L, 2); /* anchored by the user value table */
+    return 1;
+  }
+  if (!a->token || vpp_now() >= a->refresh_at || a->refresh_at == 0) {
+    if (a->kind == VPP_CRED_FUNCTION) {
+      if (!call_provider(L, c, client_idx)) return 0;
+    } else if (a->failed_run == c->run) {
+      lua_pushnil(L);
+      lua_getiuservalue(L, client_idx, 1);
+      lua_getfield(L, -1, "auth_error");
+      lua_remove(L, -2);
+      return 0;
+    } else if (!fetch(L, c)) {
+      a->failed_run = c->run;
+      lua_getiuservalue(L, client_idx, 1);
+      lua_pushvalue(L, -2);
+      lua_setfield(L, -2, "auth_error");
+      lua_pop(L, 1);
+      return 0;
+    }
+  }
+  *token = a->token;
+  *len = a->token_len;
+  return 1;
+}
