@@ -32,6 +32,7 @@ build = {
     vpp = "lua/vpp.lua",
     ["vpp.tokens"] = "lua/vpp/tokens.lua",
     ["vpp.sync"] = "lua/vpp/sync.lua",
+    ["vpp.env"] = "lua/vpp/env.lua",
     ["vpp.core"] = {
       sources = {
         "src/auth.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",

@@ -246,6 +246,120 @@ local function api(method, path, query)
   return graph_error(400, "BadRequest", "Invalid version or resource: " .. path)
 end
 
+-- ---- the identity platform: token endpoint and instance metadata --------
+
+local function app()
+  local raw = dict:get("app")
+  return raw and cjson.decode(raw) or {}
+end
+
+local function b64url_decode(s)
+  s = s:gsub("-", "+"):gsub("_", "/")
+  return ngx.decode_base64(s .. string.rep("=", (4 - #s % 4) % 4))
+end
+
+local function identity_error(status, code, aadsts, description)
+  local trace, correlation = uuid(), uuid()
+  return send(status, cjson.encode({
+    error = code,
+    error_description = ("AADSTS%d: %s\r\nTrace ID: %s\r\nCorrelation ID: %s"):format(aadsts, description, trace, correlation),
+    error_codes = { aadsts }, timestamp = tenant.timestamp(ngx.now()),
+    trace_id = trace, correlation_id = correlation,
+    error_uri = "https://login.microsoftonline.com/error?code=" .. aadsts,
+  }))
+end
+
+local function issue(lifetime)
+  local token = "fake-at-" .. uuid()
+  dict:set("issued:" .. token, ngx.now() + lifetime, lifetime + 60)
+  return token
+end
+
+-- Checks the JWT client assertion's header and claims (its signature is
+-- checked by the spec, with openssl): nil when fine, else a description.
+local function assertion_problem(jwt, a, audience)
+  local h, p = jwt:match("^([%w_-]+)%.([%w_-]+)%.[%w_-]+$")
+  if not h then return "the assertion is not a signed JWT" end
+  local header, claims = cjson.decode(b64url_decode(h) or ""), cjson.decode(b64url_decode(p) or "")
+  if type(header) ~= "table" or type(claims) ~= "table" then return "the assertion is not JSON" end
+  if header.alg ~= "PS256" then return "alg must be PS256" end
+  if type(header["x5t#S256"]) ~= "string" then return "x5t#S256 is missing" end
+  if a.thumbprint and header["x5t#S256"] ~= a.thumbprint then return "unknown certificate" end
+  if claims.aud ~= audience then return "aud must be the token endpoint: " .. audience end
+  if claims.iss ~= a.client_id or claims.sub ~= a.client_id then return "iss and sub must be the client id" end
+  if type(claims.jti) ~= "string" or claims.jti == "" then return "jti is missing" end
+  local now = ngx.time()
+  if type(claims.exp) ~= "number" or claims.exp < now then return "the assertion has expired" end
+  if type(claims.nbf) ~= "number" or claims.nbf > now + 60 then return "nbf is in the future" end
+  return nil
+end
+
+local function token_endpoint(method, tenant_id, query_path)
+  dict:incr("stat:token_requests", 1, 0)
+  ngx.req.read_body()
+  local body = ngx.req.get_body_data() or ""
+  local form = ngx.decode_args(body, 0)
+  local h = ngx.req.get_headers()
+  dict:rpush("tokenlog", cjson.encode({ kind = "token", method = method, tenant = tenant_id, raw = body,
+    content_type = h["content-type"], form = form }))
+  local prog = take_program("@token")
+  if prog then return serve_program(prog) end
+  local a = app()
+  if method ~= "POST" then return identity_error(405, "invalid_request", 900561, "The endpoint only accepts POST.") end
+  if not (h["content-type"] or ""):find("application/x-www-form-urlencoded", 1, true) then
+    return identity_error(400, "invalid_request", 900144, "The request body must contain a form.")
+  end
+  if tenant_id ~= a.tenant then
+    return identity_error(400, "invalid_request", 90002, "Tenant '" .. tenant_id .. "' not found.")
+  end
+  if form.grant_type ~= "client_credentials" then
+    return identity_error(400, "unsupported_grant_type", 70003, "The grant type is not supported.")
+  end
+  if form.client_id ~= a.client_id then
+    return identity_error(400, "unauthorized_client", 700016, "Application with identifier '"
+      .. tostring(form.client_id) .. "' was not found in the directory.")
+  end
+  if a.scope and form.scope ~= a.scope then
+    return identity_error(400, "invalid_scope", 1002012, "The provided value for scope is not valid.")
+  end
+  if form.client_secret then
+    if form.client_secret ~= a.client_secret then
+      return identity_error(401, "invalid_client", 7000215, "Invalid client secret provided.")
+    end
+  elseif form.client_assertion_type == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" then
+    local audience = ("%s://%s%s"):format(ngx.var.scheme, ngx.var.http_host, query_path)
+    local problem = assertion_problem(form.client_assertion or "", a, audience)
+    if problem then return identity_error(401, "invalid_client", 700027, "Client assertion failed: " .. problem) end
+  else
+    return identity_error(401, "invalid_client", 7000218, "The request body must contain client_secret or client_assertion.")
+  end
+  local lifetime = a.lifetime or 3599
+  return send(200, cjson.encode({ token_type = "Bearer", expires_in = lifetime, ext_expires_in = lifetime,
+    access_token = issue(lifetime) }))
+end
+
+local function imds(query)
+  dict:incr("stat:token_requests", 1, 0)
+  local args, h = query_args(query), ngx.req.get_headers()
+  dict:rpush("tokenlog", cjson.encode({ kind = "imds", args = args, metadata = h["metadata"] }))
+  local prog = take_program("@imds")
+  if prog then return serve_program(prog) end
+  if h["metadata"] ~= "true" then
+    return send(400, cjson.encode({ error = "invalid_request", error_description = "Required metadata header not specified" }))
+  end
+  if args["api-version"] ~= "2018-02-01" or not args.resource then
+    return send(400, cjson.encode({ error = "invalid_request", error_description = "Required query variable missing" }))
+  end
+  local a = app()
+  if args.client_id and args.client_id ~= (a.mi_client_id or args.client_id) then
+    return send(400, cjson.encode({ error = "invalid_request", error_description = "Identity not found" }))
+  end
+  local lifetime = a.lifetime or 3599
+  -- IMDS sends the numbers as strings.
+  return send(200, cjson.encode({ access_token = issue(lifetime), expires_in = tostring(lifetime),
+    expires_on = tostring(ngx.time() + lifetime), resource = args.resource, token_type = "Bearer" }))
+end
+
 local function read_json_body()
   ngx.req.read_body()
   local data = ngx.req.get_body_data()
@@ -297,8 +411,32 @@ function admin.tokens()
   return send(200, '{"ok":true}')
 end
 
+-- The registered application: { tenant, client_id, client_secret,
+-- thumbprint, mi_client_id, scope, lifetime }; Graph then accepts only the
+-- tokens the fake identity platform issued.
+function admin.app()
+  dict:set("app", cjson.encode(read_json_body()))
+  dict:set("cfg:require_issued", true)
+  return send(200, '{"ok":true}')
+end
+
+-- Every issued token becomes invalid at once (as after a revocation).
+function admin.revoke()
+  for _, k in ipairs(dict:get_keys(0)) do
+    if k:sub(1, 7) == "issued:" then dict:delete(k) end
+  end
+  return send(200, '{"ok":true}')
+end
+
+function admin.tokenlog()
+  local out = {}
+  for i = 1, dict:llen("tokenlog") or 0 do out[i] = dict:lpop("tokenlog") end
+  return send(200, "[" .. table.concat(out, ",") .. "]")
+end
+
 function admin.stats()
   return send(200, cjson.encode({
+    token_requests = dict:get("stat:token_requests") or 0,
     requests = dict:get("stat:requests") or 0,
     connections = dict:get("stat:connections") or 0,
     active = dict:get("stat:active") or 0,
@@ -334,6 +472,9 @@ function M.handle()
     if not admin[admin_call] then return graph_error(404, "NotFound", "no such admin call") end
     return admin[admin_call]()
   end
+  local tenant_id = path:match("^.-/([^/]+)/oauth2/v2%.0/token$")
+  if tenant_id then return token_endpoint(method, ngx.unescape_uri(tenant_id), path) end
+  if path:match("/metadata/identity/oauth2/token$") then return imds(query) end
 
   dict:incr("stat:requests", 1, 0)
   local active = dict:incr("stat:active", 1, 0)
@@ -348,6 +489,12 @@ function M.handle()
   local auth = ngx.var.http_authorization
   if not auth or not auth:match("^Bearer %S+$") then
     return graph_error(401, "InvalidAuthenticationToken", "Access token is empty.")
+  end
+  if dict:get("cfg:require_issued") then
+    local expires = dict:get("issued:" .. auth:sub(8))
+    if not expires or expires < ngx.now() then
+      return graph_error(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.")
+    end
   end
   return api(method, path, query)
 end

@@ -164,6 +164,9 @@ function Server:stats() return self:admin("stats") end
 function Server:log() return self:admin("log") end
 function Server:config(t) return self:admin("config", t) end
 function Server:tokens(list) return self:admin("tokens", list) end
+function Server:app(registration) return self:admin("app", registration) end
+function Server:revoke() return self:admin("revoke", {}) end
+function Server:tokenlog() return self:admin("tokenlog") end
 
 -- Queue responses for a token id ("@list" for the list endpoint).
 function Server:program(key, responses)

@@ -4,6 +4,7 @@
 -- vpp.sync).  This module is the public face.
 local core = require "vpp.core"
 local tokens = require "vpp.tokens"
+local env = require "vpp.env"
 require "vpp.sync" -- adds sync_all and wait_for_sync to every client
 
 local vpp = {
@@ -15,7 +16,14 @@ local vpp = {
   filter = tokens.filter,
   count_by = tokens.count_by,
   parse_time = tokens.parse_time,
+  clouds = core.clouds,
 }
+
+--- A client whose credentials come from the environment (AZURE_*,
+-- GRAPH_ACCESS_TOKEN) where opts gives none.
+function vpp.new_from_env(opts)
+  return env.new_from_env(core.new, opts)
+end
 
 --- True when `v` is an error table returned by a vpp call.
 function vpp.is_error(v)

@@ -80,6 +80,51 @@ function M.run_lua(code, env)
   return out, ok, code_
 end
 
+local function sh(cmd)
+  local ok = os.execute(cmd .. " >/dev/null 2>&1")
+  assert(ok == true or ok == 0, "failed: " .. cmd)
+end
+
+local function slurp(path)
+  local f = assert(io.open(path, "rb"))
+  local s = f:read("a")
+  f:close()
+  return s
+end
+M.slurp = slurp
+
+-- Test credentials made with the openssl command: an RSA certificate and
+-- key (apart, together, and with the key encrypted), a key of another
+-- certificate, an EC certificate, and the certificate's x5t#S256.
+function M.make_certs()
+  local dir = io.popen("mktemp -d /tmp/lua-vpp-certs.XXXXXX"):read("l")
+  local c = {
+    dir = dir, cert = dir .. "/cert.pem", key = dir .. "/key.pem", combined = dir .. "/combined.pem",
+    encrypted_key = dir .. "/key-enc.pem", password = "p@ss word&=+%", other_key = dir .. "/other.pem",
+    ec_combined = dir .. "/ec.pem", pubkey = dir .. "/pub.pem",
+  }
+  sh(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 2 -subj /CN=lua-vpp-test-app")
+    :format(c.key, c.cert))
+  local function concat(out, a, b) assert(io.open(out, "wb")):write(slurp(a), slurp(b)):close() end
+  concat(c.combined, c.cert, c.key)
+  sh(("openssl pkey -in %s -aes256 -passout 'pass:%s' -out %s"):format(c.key, c.password, c.encrypted_key))
+  sh(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out %s"):format(c.other_key))
+  sh(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s/eckey.pem"
+    .. " -out %s/eccert.pem -days 2 -subj /CN=ec"):format(dir, dir))
+  concat(c.ec_combined, dir .. "/eccert.pem", dir .. "/eckey.pem")
+  assert(io.open(c.pubkey, "wb")):write(io.popen(("openssl x509 -in %s -pubkey -noout"):format(c.cert)):read("a")):close()
+  c.thumbprint = io.popen(("openssl x509 -in %s -outform DER | openssl dgst -sha256 -binary | base64 -w0"
+    .. " | tr '+/' '-_' | tr -d '='"):format(c.cert)):read("l")
+  c.key_pem = slurp(c.key)
+  function c.remove() os.execute("rm -rf " .. dir) end
+  return c
+end
+
+function M.b64url_decode(s)
+  s = s:gsub("-", "+"):gsub("_", "/")
+  return (require("mime").unb64(s .. string.rep("=", (4 - #s % 4) % 4)))
+end
+
 function M.now()
   return require("socket").gettime()
 end
