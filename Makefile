@@ -1,4 +1,4 @@
-# lua-vpp: `make`, `make test`, `make valgrind`, `make lint`, `make install PREFIX=DIR`.
+# lua-vpp: `make demo`, `make`, `make test`, `make valgrind`, `make lint`, `make install PREFIX=DIR`.
 LUA_VERSION ?= 5.4
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -21,6 +21,7 @@ LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
 
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
+BINDIR = $(PREFIX)/bin
 
 SRCS = $(wildcard src/*.c)
 OBJS = $(patsubst src/%.c,build/$(LUA_VERSION)/obj/%.o,$(SRCS))
@@ -29,12 +30,12 @@ CORE = build/$(LUA_VERSION)/vpp/core.so
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
-  libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check
+  libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
 
-.PHONY: all deps test valgrind lint bench install uninstall clean
+.PHONY: all deps demo test valgrind lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -48,6 +49,11 @@ build/$(LUA_VERSION)/obj/%.o: src/%.c src/vpp.h src/curl_codes.h
 
 deps:
 	@sh .ci/deps.sh $(DEB_PACKAGES)
+
+# The README's first command: the vpp command against a fake tenant.
+demo: deps
+	@$(MAKE) -s all
+	@$(LUA) fake-graph/demo.lua
 
 test: deps
 	$(MAKE) all
@@ -69,16 +75,20 @@ bench: deps
 	$(LUA) bench/run.lua
 
 lint: deps
-	luacheck --no-color -q lua spec fake-graph bench
+	luacheck --no-color -q lua spec fake-graph bench examples bin/vpp
 
+# The command runs on the Lua it was installed for.
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp
+	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(BINDIR)
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
 	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
 	install -m 644 lua/vpp/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/
+	install -m 644 lua/vpp/cli/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli/
+	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/vpp > $(DESTDIR)$(BINDIR)/vpp
+	chmod 755 $(DESTDIR)$(BINDIR)/vpp
 
 uninstall:
-	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
+	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua $(DESTDIR)$(BINDIR)/vpp
 	rm -rf $(DESTDIR)$(LUA_SHAREDIR)/vpp
 
 clean:

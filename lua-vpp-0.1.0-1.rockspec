@@ -19,6 +19,7 @@ description = {
 dependencies = {
   "lua >= 5.4, < 5.5",
   "lua-cjson >= 2.1.0",
+  "argparse >= 0.6", -- the vpp command only
 }
 external_dependencies = {
   -- No header check: Debian keeps curl/curl.h in a multiarch include
@@ -33,6 +34,10 @@ build = {
     ["vpp.tokens"] = "lua/vpp/tokens.lua",
     ["vpp.sync"] = "lua/vpp/sync.lua",
     ["vpp.env"] = "lua/vpp/env.lua",
+    ["vpp.cli"] = "lua/vpp/cli.lua",
+    ["vpp.cli.check"] = "lua/vpp/cli/check.lua",
+    ["vpp.cli.format"] = "lua/vpp/cli/format.lua",
+    ["vpp.cli.progress"] = "lua/vpp/cli/progress.lua",
     ["vpp.core"] = {
       sources = {
         "src/auth.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c", "src/errors.c",
@@ -44,5 +49,6 @@ build = {
       libdirs = { "$(CURL_LIBDIR)", "$(OPENSSL_LIBDIR)" },
     },
   },
+  install = { bin = { vpp = "bin/vpp" } },
 }
 test = { type = "busted" }

@@ -411,6 +411,12 @@ function admin.tokens()
   return send(200, '{"ok":true}')
 end
 
+-- Syncs of these token ids end "failed" instead of "completed".
+function admin.syncfail()
+  for _, id in ipairs(read_json_body()) do dict:set("syncfail:" .. id, true) end
+  return send(200, '{"ok":true}')
+end
+
 -- The registered application: { tenant, client_id, client_secret,
 -- thumbprint, mi_client_id, scope, lifetime }; Graph then accepts only the
 -- tokens the fake identity platform issued.

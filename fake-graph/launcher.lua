@@ -167,6 +167,7 @@ function Server:tokens(list) return self:admin("tokens", list) end
 function Server:app(registration) return self:admin("app", registration) end
 function Server:revoke() return self:admin("revoke", {}) end
 function Server:tokenlog() return self:admin("tokenlog") end
+function Server:syncfail(ids) return self:admin("syncfail", ids) end
 
 -- Queue responses for a token id ("@list" for the list endpoint).
 function Server:program(key, responses)

@@ -166,6 +166,54 @@ describe("Graph calls", function()
     assert.equal("/beta/organization/org-9/appleVolumePurchaseProgramTokens/" .. ids[2] .. "/syncApps", log[2].uri)
   end)
 
+  describe("on_request", function()
+    it("is called once per request, retries and batches included, with what is safe to log", function()
+      local seen = {}
+      local c = support.client(server, { max_retry_delay = 0.01, on_request = function(info) seen[#seen + 1] = info end })
+      server:program(ids[2], { { status = 503, error = "ServiceUnavailable" } })
+      local results = c:sync_many({ ids[1], ids[2] })
+      assert.equal(2, results.ok)
+      assert(c:list_tokens())
+      c:close()
+      local log = server:log()
+      assert.equal(#log, #seen)
+      assert.equal(3 + 3, #seen) -- two syncs, one retried, then three pages
+      local statuses, attempts = {}, {}
+      for _, info in ipairs(seen) do
+        assert.equal("string", type(info.url))
+        assert.equal("number", type(info.seconds))
+        assert.matches(UUID, info.client_request_id)
+        assert.matches("^[%x-]+$", info.request_id)
+        statuses[#statuses + 1] = info.status
+        if info.url:find(ids[2], 1, true) then attempts[#attempts + 1] = info.attempt end
+        assert.is_false(support.contains_secret(info))
+      end
+      assert.same({ 1, 2 }, attempts)
+      table.sort(statuses)
+      assert.same({ 200, 200, 200, 200, 200, 503 }, statuses)
+      assert.equal("POST", seen[1].method)
+      assert.equal("GET", seen[#seen].method)
+      assert.matches("/v1%.0/deviceAppManagement/vppTokens%?%$skiptoken=", seen[#seen].url)
+    end)
+
+    it("reports transport failures by libcurl's name; what it raises propagates", function()
+      local info
+      local c = support.client(server, { base_url = "http://127.0.0.1:1", max_retries = 0,
+        on_request = function(i) info = i end })
+      assert.is_nil(c:get_token("x"))
+      assert.equal("COULDNT_CONNECT", info.error)
+      assert.is_nil(info.status)
+      c:close()
+      c = support.client(server, { on_request = function() error("log full", 0) end })
+      assert.has_error(function() c:get_token(ids[1]) end, "log full")
+      assert.has_error(function() c:sync_many({ ids[1], ids[2] }) end, "log full")
+      assert.equal(server.url, c:config().base_url) -- not left busy
+      c:close()
+      assert.has_error(function() vpp.new { access_token = "t", on_request = "yes" } end,
+        "vpp: opts.on_request must be a function (got string)")
+    end)
+  end)
+
   it("marks a synced token completed once the server has finished", function()
     server:config { sync_seconds = 0.2 }
     assert.equal("inProgress", assert(client:sync_licenses(ids[1])).lastSyncStatus)

@@ -65,7 +65,7 @@ describe("installation", function()
     dirs[#dirs + 1] = dir
     local rockspec = assert(io.popen("ls lua-vpp-*.rockspec"):read("l"))
     -- luarocks builds in the source tree: give it a copy, not the checkout.
-    local ok, out = sh(("mkdir %s/src-copy && cp -r src lua %s %s/src-copy/ && cd %s/src-copy && "
+    local ok, out = sh(("mkdir %s/src-copy && cp -r src lua bin %s %s/src-copy/ && cd %s/src-copy && "
       .. "luarocks --lua-version=%s make --deps-mode=none --tree %s/tree %s")
       :format(dir, rockspec, dir, dir, version, dir, rockspec))
     dir = dir .. "/tree"

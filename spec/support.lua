@@ -125,6 +125,69 @@ function M.b64url_decode(s)
   return (require("mime").unb64(s .. string.rep("=", (4 - #s % 4) % 4)))
 end
 
+-- ---- the vpp command ----------------------------------------------------
+
+local function quote(s)
+  return "'" .. tostring(s):gsub("'", "'\\''") .. "'"
+end
+M.quote = quote
+
+--- The vpp command installed as a user would (make install PREFIX=dir);
+-- cli.remove() deletes it.
+function M.install_cli()
+  local dir = io.popen("mktemp -d /tmp/lua-vpp-cli.XXXXXX"):read("l")
+  local version = _VERSION:match("%d+%.%d+")
+  sh(("make -s install PREFIX=%s LUA_VERSION=%s"):format(dir, version))
+  local cli = { prefix = dir, bin = dir .. "/bin/vpp" }
+  function cli.remove() os.execute("rm -rf " .. dir) end
+
+  --- Runs `vpp args...` in a clean environment (only env's variables, no
+  -- LUA_PATH: the installed command must find its own modules).  With
+  -- opts.pty, under a pseudo-terminal (util-linux script), where stdout
+  -- and stderr arrive together in out.  Returns { code, out, err }.
+  function cli.run(args, env, opts)
+    local words = {}
+    for i, a in ipairs(args) do words[i] = quote(a) end
+    local vars = { "PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/tmp" }
+    for k, v in pairs(env or {}) do vars[#vars + 1] = k .. "=" .. quote(v) end
+    local command = cli.bin .. " " .. table.concat(words, " ")
+    local out, err = os.tmpname(), os.tmpname()
+    local line
+    if opts and opts.pty then
+      line = ("cd /tmp && env -i %s script -qec %s /dev/null </dev/null >%s 2>%s"):format(
+        table.concat(vars, " "), quote(command), out, err)
+    else
+      line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
+    end
+    local ok, _, code = os.execute(line)
+    local r = { code = ok and 0 or code, out = slurp(out), err = slurp(err) }
+    os.remove(out)
+    os.remove(err)
+    return r
+  end
+  return cli
+end
+
+--- A VPP token as Graph returns it, with the given fields changed; days
+-- are from now.
+function M.vpp_token(fields)
+  local tenant = require "tenant"
+  local now = os.time()
+  local t = {
+    ["@odata.type"] = "#microsoft.graph.vppToken", id = fields.id, organizationName = "Contoso",
+    vppTokenAccountType = "business", appleId = "vpp@contoso.example.com",
+    expirationDateTime = tenant.timestamp(now + (fields.expires_in_days or 200) * 86400),
+    lastSyncDateTime = tenant.timestamp(now - 3600), lastModifiedDateTime = tenant.timestamp(now - 7200),
+    token = "", state = "valid", lastSyncStatus = "completed", automaticallyUpdateApps = false,
+    countryOrRegion = "us", dataSharingConsentGranted = true, displayName = fields.id,
+    locationName = "HQ", claimTokenManagementFromExternalMdm = false, roleScopeTagIds = { "0" },
+  }
+  for k, v in pairs(fields) do
+    if k ~= "expires_in_days" then t[k] = v end
+  end
+  return t
+end
+
 function M.now()
   return require("socket").gettime()
 end

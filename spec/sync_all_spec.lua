@@ -77,6 +77,25 @@ describe("sync_all", function()
     end
   end)
 
+  it("gives the selected tokens, in the order of the results", function()
+    local report = assert(f.client:sync_all())
+    local ids = {}
+    for i, t in ipairs(report.tokens) do
+      ids[i] = t.id
+      assert.equal(t.id, report.results[i].id)
+      assert.equal("Token " .. t.id, t.displayName)
+    end
+    assert.same({ "v1", "v3", "v4" }, ids)
+  end)
+
+  it("with dry_run selects as usual and syncs nothing", function()
+    local report = assert(f.client:sync_all { dry_run = true, include_in_progress = true })
+    assert.equal(5, report.selected)
+    assert.equal(5, #report.tokens)
+    assert.same({ ok = 0, failed = 0 }, report.results)
+    assert.equal("", posted())
+  end)
+
   it("returns nil, err when the tokens cannot be listed", function()
     f.server:program("@list", { { status = 403, error = "Forbidden" } })
     local report, err = f.client:sync_all()
@@ -142,6 +161,22 @@ describe("wait_for_sync", function()
       assert.equal("completed", r.token.lastSyncStatus)
     end
     assert.equal(6, f.server:stats().max_active)
+  end)
+
+  it("calls on_result as each token finishes, timeouts included", function()
+    f.server:config { sync_seconds = 1 }
+    local list = assert(f.client:list_tokens())
+    local ids = { list[1].id, list[2].id }
+    assert.equal(1, f.client:sync_many({ ids[1] }).ok)
+    require("socket").sleep(1.1) -- the first has completed, the second runs 1 s more
+    assert.equal(1, f.client:sync_many({ ids[2] }).ok)
+    local seen = {}
+    local results = f.client:wait_for_sync(ids, { interval = 0.1, timeout = 0.4,
+      on_result = function(r, done, total) seen[#seen + 1] = { r.id, done, total, r.err and r.err.kind } end })
+    assert.equal(1, results.ok)
+    assert.same({ { ids[1], 1, 2 }, { ids[2], 2, 2, "timeout" } }, seen)
+    assert.has_error(function() f.client:wait_for_sync(ids, { on_result = 1 }) end,
+      "vpp: opts.on_result must be a function")
   end)
 
   it("raises on bad arguments", function()

@@ -375,7 +375,7 @@ static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
 }
 
 /* Fetches a token into the cache: 1; or 0 with nil, err pushed. */
-static int fetch(lua_State *L, vpp_client *c) {
+static int fetch(lua_State *L, vpp_client *c, int client_idx) {
   vpp_auth *a = &c->auth;
   vpp_reply *r;
   vpp_jwt_error e;
@@ -391,6 +391,7 @@ static int fetch(lua_State *L, vpp_client *c) {
     auth_error(L, e.code, e.message, 0);
     return 0;
   }
+  vpp_transfer_trace(L, client_idx, a->fetcher, a->kind == VPP_CRED_MANAGED ? "GET" : "POST", 1);
   r = &a->fetcher->reply;
   if (r->curl_code != CURLE_OK) {
     auth_error(L, vpp_curl_code_name(r->curl_code),
@@ -473,7 +474,7 @@ int vpp_auth_token(lua_State *L, vpp_client *c, int client_idx, const char **tok
       lua_getfield(L, -1, "auth_error");
       lua_remove(L, -2);
       return 0;
-    } else if (!fetch(L, c)) {
+    } else if (!fetch(L, c, client_idx)) {
       a->failed_run = c->run;
       lua_getiuservalue(L, client_idx, 1);
       lua_pushvalue(L, -2);

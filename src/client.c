@@ -23,7 +23,7 @@ static const char *const option_names[] = {
     "access_token", "base_url", "api_version", "timeout", "connect_timeout", "ca_file", "user_agent",
     "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", "tenant_id", "client_id",
     "client_secret", "client_certificate", "client_key", "client_key_password", "managed_identity",
-    "imds_url", "authority", "scope", "cloud", NULL};
+    "imds_url", "authority", "scope", "cloud", "on_request", NULL};
 
 vpp_client *vpp_client_check(lua_State *L, int idx) {
   vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
@@ -235,6 +235,7 @@ static int client_new(lua_State *L) {
   read_rate_limit(L, opts, &s.rate);
   s.ca_file = string_option(L, opts, "ca_file", uv);
   s.user_agent = string_option(L, opts, "user_agent", uv);
+  if (get_option(L, opts, "on_request", LUA_TFUNCTION, "a function")) lua_setfield(L, uv, "on_request");
   if (!s.user_agent) s.user_agent = default_user_agent(L, uv);
   seed_rng(&s);
 

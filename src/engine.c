@@ -130,6 +130,7 @@ static int collect(lua_State *L, vpp_batch *b) {
     t = (vpp_transfer *)priv;
     vpp_transfer_finish(t, m->data.result);
     curl_multi_remove_handle(c->multi, t->easy); /* m is invalid from here */
+    vpp_transfer_trace(L, VPP_RUN_CLIENT, t, b->post ? "POST" : "GET", b->jobs[t->job].attempts + 1);
     if (vpp_transfer_redirect(t) && curl_multi_add_handle(c->multi, t->easy) == CURLM_OK) continue;
     j = t->job;
     job = &b->jobs[j];

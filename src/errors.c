@@ -93,10 +93,11 @@ static int error_tostring(lua_State *L) {
   lua_getfield(L, 1, "request_id");
   lua_getfield(L, 1, "client_request_id");
   if (!lua_isnil(L, -1) || !lua_isnil(L, -2)) {
+    int has_request_id = !lua_isnil(L, -2);
     lua_pop(L, 2);
     luaL_addstring(&b, " (");
     add_field(&b, L, "request-id ", "request_id");
-    add_field(&b, L, ", client-request-id ", "client_request_id");
+    add_field(&b, L, has_request_id ? ", client-request-id " : "client-request-id ", "client_request_id");
     luaL_addstring(&b, ")");
   } else {
     lua_pop(L, 2);

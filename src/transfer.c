@@ -237,6 +237,53 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
 }
 
 /* Records how the exchange ended (the handle is off the multi handle). */
+/* Hands a finished exchange to the client's on_request function, if it has
+ * one (the CLI's --verbose, or a script's own log).  Only what is safe to
+ * log goes out: method, URL, status, libcurl's error name, time and ids; no
+ * header and no body, so no token and no secret.  Runs inside the engine's
+ * protected call, between libcurl calls, so the function may raise. */
+void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const char *method, int attempt) {
+  const vpp_reply *r = &t->reply;
+  char *url = NULL;
+  double seconds = 0;
+  lua_getiuservalue(L, client_idx, 1);
+  lua_getfield(L, -1, "on_request");
+  lua_remove(L, -2);
+  if (!lua_isfunction(L, -1)) {
+    lua_pop(L, 1);
+    return;
+  }
+  lua_createtable(L, 0, 8);
+  lua_pushstring(L, method);
+  lua_setfield(L, -2, "method");
+  if (curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url) {
+    lua_pushstring(L, url);
+    lua_setfield(L, -2, "url");
+  }
+  if (r->status > 0) {
+    lua_pushinteger(L, r->status);
+    lua_setfield(L, -2, "status");
+  }
+  if (r->curl_code != CURLE_OK) {
+    lua_pushstring(L, vpp_curl_code_name(r->curl_code));
+    lua_setfield(L, -2, "error");
+  }
+  curl_easy_getinfo(t->easy, CURLINFO_TOTAL_TIME, &seconds);
+  lua_pushnumber(L, seconds);
+  lua_setfield(L, -2, "seconds");
+  if (r->request_id[0]) {
+    lua_pushstring(L, r->request_id);
+    lua_setfield(L, -2, "request_id");
+  }
+  if (r->client_request_id[0]) {
+    lua_pushstring(L, r->client_request_id);
+    lua_setfield(L, -2, "client_request_id");
+  }
+  lua_pushinteger(L, attempt);
+  lua_setfield(L, -2, "attempt");
+  lua_call(L, 1, 0);
+}
+
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc) {
   long sent = 0;
   t->reply.curl_code = rc;

@@ -2,6 +2,7 @@
 #include <errno.h>
 #include <pthread.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "vpp.h"
 
@@ -37,9 +38,15 @@ static int core_time(lua_State *L) {
   return 1;
 }
 
+/* For the CLI: colour and progress only on a terminal. */
+static int core_isatty(lua_State *L) {
+  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+  return 1;
+}
+
 int luaopen_vpp_core(lua_State *L) {
   static const luaL_Reg timing[] = {
-      {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {NULL, NULL}};
+      {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {"_isatty", core_isatty}, {NULL, NULL}};
   pthread_once(&curl_once, curl_init_once);
   if (curl_init_rc != CURLE_OK) return luaL_error(L, "vpp: curl_global_init failed");
   vpp_error_setup(L);

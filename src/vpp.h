@@ -154,6 +154,7 @@ void vpp_transfer_free(vpp_transfer *t);
 int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post, const char *url);
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
 void vpp_transfer_release(vpp_transfer *t);
+void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const char *method, int attempt);
 int vpp_transfer_redirect(vpp_transfer *t);
 void vpp_new_uuid(vpp_client *c, char out[40]);
 

@@ -32,13 +32,18 @@ end
 
 local finished = { completed = true, failed = true }
 
-local wait_options = { interval = true, timeout = true, concurrency = true }
+local wait_options = { interval = true, timeout = true, concurrency = true, on_result = true }
 
 --- Polls get_token until lastSyncStatus is "completed" or "failed".  For one
 -- id: the final token, or nil, err (err.kind "timeout" when opts.timeout ran
 -- out).  For a list of ids: results like sync_many's, polled concurrently.
+-- opts.on_result(result, done, total) is called as each id finishes.
 function methods:wait_for_sync(id_or_ids, opts)
   opts = check_keys(opts, wait_options, "wait_for_sync")
+  local on_result = opts.on_result
+  if on_result ~= nil and type(on_result) ~= "function" then
+    error("vpp: opts.on_result must be a function", 2)
+  end
   local single = type(id_or_ids) == "string"
   local ids = single and { id_or_ids } or id_or_ids
   if type(ids) ~= "table" then
@@ -49,8 +54,12 @@ function methods:wait_for_sync(id_or_ids, opts)
   local timeout = positive(opts.timeout, "timeout", 300)
   local deadline = core._clock() + timeout
   local results = { ok = 0, failed = 0 }
-  local pending, polls = {}, {}
+  local pending, polls, done = {}, {}, 0
   for i = 1, #ids do pending[i] = i end
+  local function finish(k)
+    done = done + 1
+    if on_result then on_result(results[k], done, #ids) end
+  end
   while #pending > 0 do
     local batch = {}
     for i, k in ipairs(pending) do batch[i] = ids[k] end
@@ -61,6 +70,7 @@ function methods:wait_for_sync(id_or_ids, opts)
       polls[k] = (polls[k] or 0) + r.attempts
       if r.err or finished[r.token.lastSyncStatus] then
         results[k] = { id = ids[k], token = r.token, err = r.err, attempts = polls[k] }
+        finish(k)
       else
         still[#still + 1] = k
         results[k] = { id = ids[k], token = r.token, attempts = polls[k] }
@@ -72,6 +82,7 @@ function methods:wait_for_sync(id_or_ids, opts)
       for _, k in ipairs(pending) do
         results[k].err = new_error("timeout", "sync_timeout",
           ("token %s was still syncing after %g s"):format(ids[k], timeout), { id = ids[k] })
+        finish(k)
       end
       break
     end
@@ -91,14 +102,16 @@ end
 local filter_keys = { state = true, last_sync_status = true, account_type = true,
   expires_within = true, expired = true, where = true, now = true }
 local sync_all_options = { include_in_progress = true, concurrency = true, on_result = true,
-  wait = true, wait_interval = true, wait_timeout = true }
+  wait = true, wait_interval = true, wait_timeout = true, dry_run = true }
 for k in pairs(filter_keys) do sync_all_options[k] = true end
 
 --- Lists every token, keeps those matching the filter criteria (state
 -- defaults to "valid"; state = false keeps every state), skips the ones
 -- already syncing unless opts.include_in_progress, and syncs the rest.
--- Returns { listed, selected, skipped, results [, waited] }, or nil, err
--- when the tokens could not be listed.
+-- Returns { listed, selected, tokens, skipped, results [, waited] }, or
+-- nil, err when the tokens could not be listed; tokens are the selected
+-- token tables, in the order of results.  With opts.dry_run nothing is
+-- synced and results is an empty list.
 function methods:sync_all(opts)
   opts = check_keys(opts, sync_all_options, "sync_all")
   local all, err = self:list_tokens()
@@ -110,18 +123,18 @@ function methods:sync_all(opts)
   elseif opts.state == false then
     criteria.state = nil
   end
-  local ids, skipped = {}, {}
+  local ids, selected, skipped = {}, {}, {}
   for _, t in ipairs(tokens.filter(all, criteria)) do
     if t.lastSyncStatus == "inProgress" and not opts.include_in_progress then
       skipped[#skipped + 1] = t
     else
       ids[#ids + 1] = t.id
+      selected[#selected + 1] = t
     end
   end
-  local report = {
-    listed = #all, selected = #ids, skipped = skipped,
-    results = self:sync_many(ids, { concurrency = opts.concurrency, on_result = opts.on_result }),
-  }
+  local report = { listed = #all, selected = #ids, tokens = selected, skipped = skipped, results = { ok = 0, failed = 0 } }
+  if opts.dry_run then return report end
+  report.results = self:sync_many(ids, { concurrency = opts.concurrency, on_result = opts.on_result })
   if opts.wait then
     local started = {}
     for _, r in ipairs(report.results) do

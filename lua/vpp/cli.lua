@@ -1,0 +1,530 @@
+--- The `vpp` command: list, get, sync and check the Apple VPP tokens of an
+-- Intune tenant, for cron jobs, monitoring systems and people.
+-- main(args) returns the exit code and never calls os.exit, so a host can
+-- run it in its own process; bin/vpp is a thin wrapper.
+local argparse = require "argparse"
+local vpp = require "vpp"
+local core = require "vpp.core"
+local env = require "vpp.env"
+local format = require "vpp.cli.format"
+local check = require "vpp.cli.check"
+local progress = require "vpp.cli.progress"
+
+local M = {}
+
+M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE, M.EXIT_SOFTWARE = 0, 1, 64, 70
+
+local DEFAULT_WARN_DAYS, DEFAULT_CRIT_DAYS = 30, 7
+
+-- A user mistake found after parsing: reported like argparse's own.
+local UsageError = {}
+local function usage_error(message) error(setmetatable({ message = message }, UsageError), 0) end
+
+local function number_arg(flag, opts)
+  return function(s)
+    local n = tonumber(s)
+    if not n or n ~= n or (opts.integer and n % 1 ~= 0) or n < opts.min or (opts.max and n > opts.max)
+      or (opts.positive and n <= 0) then
+      return nil, ("%s must be %s, got '%s'"):format(flag, opts.what, s)
+    end
+    return opts.integer and math.tointeger(n) or n
+  end
+end
+
+local states, statuses = check.states, check.sync_statuses
+
+local function format_option(cmd, choices, default)
+  cmd:option("--format", "Output format: " .. table.concat(choices, ", ") .. ".", default)
+    :choices(choices):argname("FORMAT")
+end
+
+-- argparse prints help and exits the process; a host must keep running, so
+-- every help flag only records what to print.
+local function own_help(parser, state)
+  parser:add_help { action = function() state.help = parser:get_help() end }
+end
+
+--- The argument parser, and its subcommands' parsers by name.
+function M.parser(state)
+  state = state or {}
+  local p = argparse("vpp", "Sync and monitor the Apple VPP tokens of an Intune tenant through Microsoft Graph.")
+    :command_target("command")
+    :help_max_width(80)
+    :epilog([[
+Credentials come from the environment, as in the Azure SDKs: GRAPH_ACCESS_TOKEN
+(a bearer token), or AZURE_TENANT_ID + AZURE_CLIENT_ID with AZURE_CLIENT_SECRET
+or AZURE_CLIENT_CERTIFICATE_PATH (+ AZURE_CLIENT_CERTIFICATE_PASSWORD), and
+AZURE_AUTHORITY_HOST. GRAPH_URL is the default of --graph-url.
+
+Exit codes: 0 done, 1 a failure (some items failed, or Graph could not be
+reached), 64 a usage error; vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.]])
+  own_help(p, state)
+  p:option("--graph-url", "Graph base URL (default: the cloud's, or $GRAPH_URL).")
+    :argname("URL")
+  p:option("--api-version", "Graph API version.", "v1.0"):choices { "v1.0", "beta" }
+  p:option("--cloud", "National cloud: sets the Graph host, authority and scope.")
+    :choices { "global", "usgov", "dod", "china" }
+  p:option("--timeout", "Seconds allowed for each request.")
+    :convert(number_arg("--timeout", { min = 0, positive = true, max = 1e6, what = "a positive number of seconds" }))
+    :argname("SECONDS")
+  p:option("--max-retries", "Retries of a throttled or unreachable request (default 3).")
+    :convert(number_arg("--max-retries", { integer = true, min = 0, max = 100, what = "an integer from 0 to 100" }))
+    :argname("N")
+  p:option("--ca-file", "A PEM file of extra CAs to trust."):argname("FILE")
+  p:flag("-q --quiet", "Only errors on stderr: no progress, no summary.")
+  p:flag("-v --verbose", "A line per request on stderr: method, path, status, time, request-id.")
+  p:flag("--version", "Show the version and exit."):action(function() state.version = true end)
+
+  local list = p:command("list", "List the VPP tokens.")
+  own_help(list, state)
+  list:option("--state", "Only tokens in this state (repeatable)."):count("*"):choices(states):argname("STATE")
+  list:option("--sync-status", "Only tokens whose last sync has this status (repeatable).")
+    :count("*"):choices(statuses):argname("STATUS")
+  list:option("--expiring-within", "Only tokens expiring within this many days.")
+    :convert(number_arg("--expiring-within", { min = 0, what = "a number of days" })):argname("DAYS")
+  format_option(list, { "table", "json", "csv" }, "table")
+
+  local get = p:command("get", "Show one VPP token.")
+  own_help(get, state)
+  get:argument("id", "The token id.")
+  format_option(get, { "table", "json", "csv" }, "table")
+
+  local sync = p:command("sync", "Sync the licenses of VPP tokens with Apple (syncLicenses).")
+  own_help(sync, state)
+  sync:argument("id", "Token ids."):args("*")
+  sync:flag("--all", "Every token (in state valid unless --state says otherwise).")
+  sync:option("--state", "With --all: tokens in this state (repeatable; default valid).")
+    :count("*"):choices(states):argname("STATE")
+  sync:flag("--include-in-progress", "With --all: also tokens already syncing (skipped by default).")
+  sync:option("--concurrency", "Syncs at once (1-256).", "8")
+    :convert(number_arg("--concurrency", { integer = true, min = 1, max = 256, what = "an integer from 1 to 256" }))
+    :argname("N")
+  sync:flag("--wait", "Wait until every started sync has completed or failed.")
+  sync:option("--wait-interval", "With --wait: seconds between polls of a syncing token.", "5")
+    :convert(number_arg("--wait-interval", { min = 0, positive = true, what = "a positive number of seconds" }))
+    :argname("SECONDS")
+  sync:option("--wait-timeout", "With --wait: give up after this many seconds.", "600")
+    :convert(number_arg("--wait-timeout", { min = 0, positive = true, what = "a positive number of seconds" }))
+    :argname("SECONDS")
+  sync:flag("--dry-run", "Show what would be synced; sync nothing.")
+  format_option(sync, { "table", "json", "csv" }, "table")
+
+  local apps = p:command("sync-apps", "Sync apps of legacy appleVolumePurchaseProgramTokens (beta syncApps).")
+  own_help(apps, state)
+  apps:option("--organization", "The organization id."):argname("ORG"):count(1)
+  apps:argument("id", "Token ids."):args("+")
+  apps:option("--concurrency", "Syncs at once (1-256).", "8")
+    :convert(number_arg("--concurrency", { integer = true, min = 1, max = 256, what = "an integer from 1 to 256" }))
+    :argname("N")
+  format_option(apps, { "table", "json", "csv" }, "table")
+
+  local chk = p:command("check", "Check token health for monitoring (Nagios/Icinga/Checkmk, Prometheus).")
+  own_help(chk, state)
+  chk:option("--warn-days", "WARNING when a token expires within this many days.", tostring(DEFAULT_WARN_DAYS))
+    :convert(number_arg("--warn-days", { min = 0, what = "a number of days" })):argname("DAYS")
+  chk:option("--crit-days", "CRITICAL when a token expires within this many days.", tostring(DEFAULT_CRIT_DAYS))
+    :convert(number_arg("--crit-days", { min = 0, what = "a number of days" })):argname("DAYS")
+  format_option(chk, { "text", "json", "prometheus" }, "text")
+  return p, { list = list, get = get, sync = sync, ["sync-apps"] = apps, check = chk }
+end
+
+-- ---- running ---------------------------------------------------------------
+
+local Run = {}
+Run.__index = Run
+
+function Run:say(...)
+  if not self.args.quiet then io.stderr:write("vpp: ", ...) io.stderr:write("\n") end
+end
+
+-- tostring of a vpp error already starts with "vpp: ".
+local function message_of(err)
+  return (tostring(err):gsub("^vpp: ", ""))
+end
+
+local function fail(err)
+  io.stderr:write("vpp: ", message_of(err), "\n")
+  return M.EXIT_FAILURE
+end
+
+-- The token's `token` property is the Apple VPP token itself, a credential
+-- of the Apple account: output that lands in cron mail and logs shows only
+-- that it is there.
+local function redact(t)
+  if type(t) ~= "table" or type(t.token) ~= "string" or t.token == "" then return t end
+  local copy = {}
+  for k, v in pairs(t) do copy[k] = v end
+  copy.token = "[redacted]"
+  return copy
+end
+
+local function redact_all(list)
+  local out = format.array()
+  for i, t in ipairs(list) do out[i] = redact(t) end
+  return out
+end
+
+local function trace(info)
+  local path = (info.url or "?"):gsub("^%a[%w+.-]*://[^/]*", "")
+  io.stderr:write(("vpp: %s %s %s %.3fs%s%s\n"):format(info.method, path,
+    tostring(info.status or info.error or "-"), info.seconds or 0,
+    info.request_id and (" request-id " .. info.request_id) or "",
+    (info.attempt or 1) > 1 and (" attempt " .. info.attempt) or ""))
+end
+
+-- vpp.new's messages name settings; the user gave flags.
+local flag_of = { base_url = "--graph-url", api_version = "--api-version", timeout = "--timeout",
+  ca_file = "--ca-file", cloud = "--cloud" }
+
+--- The client, or nil, message, exit kind ("credentials" or "settings").
+function Run:client()
+  local a = self.args
+  local graph_url = a.graph_url
+  if graph_url == nil and os.getenv("GRAPH_URL") ~= "" then graph_url = os.getenv("GRAPH_URL") end
+  local ok, settings = pcall(env.settings, {
+    base_url = graph_url, api_version = a.api_version, cloud = a.cloud, timeout = a.timeout,
+    ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil,
+  })
+  if not ok then return nil, tostring(settings):gsub("^vpp: ", ""), "credentials" end
+  local made, client = pcall(vpp.new, settings)
+  if not made then
+    local message = tostring(client):gsub("^vpp: ", ""):gsub("opts%.([%w_]+)", function(k)
+      return flag_of[k] or k
+    end)
+    return nil, message, "settings"
+  end
+  return client
+end
+
+local function colour()
+  return format.use_colour(1)
+end
+
+-- Tokens as the chosen format.
+function Run:print_tokens(list)
+  local f = self.args.format
+  if f == "json" then
+    io.stdout:write(format.json(redact_all(list)))
+  elseif f == "csv" then
+    io.stdout:write(format.csv(list, format.token_fields))
+  elseif #list == 0 then
+    self:say("no tokens match")
+  else
+    io.stdout:write(format.token_table(list, { warn_days = DEFAULT_WARN_DAYS, crit_days = DEFAULT_CRIT_DAYS,
+      colour = colour() }))
+    local counts, parts = vpp.count_by(list, "state"), {}
+    for _, s in ipairs(states) do
+      if counts[s] then parts[#parts + 1] = ("%d %s"):format(counts[s], s) end
+    end
+    io.stdout:write(("%d token%s: %s\n"):format(#list, #list == 1 and "" or "s", table.concat(parts, ", ")))
+  end
+end
+
+function Run:list(client)
+  local all, err = client:list_tokens()
+  if not all then return fail(err) end
+  local a, criteria = self.args, {}
+  if #a.state > 0 then criteria.state = a.state end
+  if #a.sync_status > 0 then criteria.last_sync_status = a.sync_status end
+  if a.expiring_within then criteria.expires_within = a.expiring_within * 86400 end
+  self:print_tokens(vpp.filter(all, criteria))
+  return M.EXIT_OK
+end
+
+function Run:get(client)
+  local token, err = client:get_token(self.args.id)
+  if not token then return fail(err) end
+  token = redact(token)
+  local f = self.args.format
+  if f == "json" then
+    io.stdout:write(format.json(token))
+  elseif f == "csv" then
+    io.stdout:write(format.csv({ token }, format.token_fields))
+  else
+    io.stdout:write(format.token_detail(token, colour()))
+  end
+  return M.EXIT_OK
+end
+
+-- ---- sync ----------------------------------------------------------------------
+
+local function error_fields(err)
+  return { kind = err.kind, code = err.code, status = err.status, message = err.message,
+    request_id = err.request_id }
+end
+
+-- One row of a sync report: what happened to one token.
+local function outcome(id, token, result, err, known, detail)
+  local t = token or known or {}
+  return { id = id, displayName = t.displayName, result = result, lastSyncStatus = t.lastSyncStatus,
+    lastSyncDateTime = t.lastSyncDateTime, error = err and tostring(err) or detail,
+    token = token, err = err }
+end
+
+-- An error for a table cell: the ids are left to --format json or csv.
+local function brief(err)
+  local parts = {}
+  for _, k in ipairs { "kind", "status", "code" } do
+    if err[k] ~= nil then parts[#parts + 1] = tostring(err[k]) end
+  end
+  return ("%s: %s"):format(table.concat(parts, " "), tostring(err.message))
+end
+
+local result_colour = { completed = "green", started = "green", failed = "red", error = "red",
+  timeout = "red", skipped = "dim", ["would sync"] = "cyan" }
+
+function Run:print_outcomes(rows)
+  local f = self.args.format
+  if f == "json" then
+    local out = format.array()
+    for i, r in ipairs(rows) do
+      out[i] = { id = r.id, displayName = r.displayName, result = r.result, token = redact(r.token),
+        error = r.err and error_fields(r.err) }
+    end
+    io.stdout:write(format.json(out))
+  elseif f == "csv" then
+    io.stdout:write(format.csv(rows, { "id", "displayName", "result", "lastSyncStatus", "lastSyncDateTime", "error" }))
+  elseif not self.args.quiet and #rows > 0 then
+    local out = {}
+    for i, r in ipairs(rows) do
+      out[i] = { tostring(r.id):sub(1, 8), r.displayName or "-", { r.result, result_colour[r.result] },
+        format.utc(r.lastSyncDateTime), r.err and brief(r.err) or r.error or "" }
+    end
+    io.stdout:write(format.table({ "ID", "NAME", "RESULT", "LAST SYNC (UTC)", "DETAIL" }, out, colour()))
+  end
+end
+
+-- A progress line fed by on_result callbacks (result, done, total).
+function Run:progress(label)
+  local bar
+  return function(r, _, total)
+    bar = bar or progress.new(label, total, not self.args.quiet)
+    local failed = r.err ~= nil or (r.token and r.token.lastSyncStatus == "failed")
+    bar:step(failed)
+  end, function()
+    if bar then bar:finish() end
+  end
+end
+
+local function collect(rows, results, known)
+  for _, r in ipairs(results) do
+    if r.err then
+      rows[#rows + 1] = outcome(r.id, nil, "error", r.err, known[r.id])
+    else
+      local status = r.token.lastSyncStatus
+      rows[#rows + 1] = outcome(r.id, r.token, status == "inProgress" and "started" or tostring(status))
+    end
+  end
+end
+
+--- Runs syncs (or, with --dry-run, shows what they would be) and reports.
+function Run:sync(client)
+  local a = self.args
+  if a.all and #a.id > 0 then usage_error("give token ids or --all, not both") end
+  if not a.all and #a.id == 0 then usage_error("give token ids, or --all") end
+  if not a.all and (#a.state > 0 or a.include_in_progress) then
+    usage_error("--state and --include-in-progress go with --all")
+  end
+  local rows, skipped, known = {}, {}, {}
+  if a.all then
+    local step, done = self:progress("syncing")
+    local report, err = client:sync_all {
+      state = #a.state > 0 and a.state or "valid", include_in_progress = a.include_in_progress,
+      concurrency = a.concurrency, on_result = step, dry_run = a.dry_run,
+    }
+    done()
+    if not report then return fail(err) end
+    for _, t in ipairs(report.skipped) do
+      skipped[#skipped + 1] = outcome(t.id, t, "skipped", nil, nil, "already syncing")
+    end
+    for _, t in ipairs(report.tokens) do known[t.id] = t end
+    self.listed = report.listed
+    if a.dry_run then
+      for _, t in ipairs(report.tokens) do rows[#rows + 1] = outcome(t.id, t, "would sync") end
+    else
+      collect(rows, report.results, known)
+    end
+  elseif a.dry_run then
+    -- Read each token, so the dry run proves the ids exist.
+    local results = client:get_many(a.id, { concurrency = a.concurrency })
+    for _, r in ipairs(results) do
+      rows[#rows + 1] = r.err and outcome(r.id, nil, "error", r.err) or outcome(r.id, r.token, "would sync")
+    end
+  else
+    local step, done = self:progress("syncing")
+    local results = client:sync_many(a.id, { concurrency = a.concurrency, on_result = step })
+    done()
+    collect(rows, results, known)
+  end
+  if a.wait and not a.dry_run then self:wait(client, rows) end
+  for _, r in ipairs(skipped) do rows[#rows + 1] = r end
+  return self:report(rows)
+end
+
+
+-- Polls the started syncs until they end; their rows get the final state.
+function Run:wait(client, rows)
+  local started, at = {}, {}
+  for i, r in ipairs(rows) do
+    if r.result ~= "error" then
+      started[#started + 1] = r.id
+      at[#started] = i
+    end
+  end
+  if #started == 0 then return end
+  local step, done = self:progress("waiting")
+  local waited = client:wait_for_sync(started, { timeout = self.args.wait_timeout, interval = self.args.wait_interval,
+    concurrency = self.args.concurrency, on_result = step })
+  done()
+  for k, w in ipairs(waited) do
+    local old = rows[at[k]]
+    if w.err then
+      rows[at[k]] = outcome(w.id, w.token, w.err.kind == "timeout" and "timeout" or "error", w.err, old)
+    else
+      rows[at[k]] = outcome(w.id, w.token, tostring(w.token.lastSyncStatus))
+    end
+  end
+end
+
+function Run:report(rows)
+  self:print_outcomes(rows)
+  local n, bad, parts = {}, 0, {}
+  for _, r in ipairs(rows) do
+    n[r.result] = (n[r.result] or 0) + 1
+    if r.result == "error" or r.result == "failed" or r.result == "timeout" then bad = bad + 1 end
+  end
+  for _, k in ipairs { "would sync", "started", "completed", "failed", "timeout", "error", "skipped" } do
+    if n[k] then parts[#parts + 1] = ("%d %s"):format(n[k], k == "skipped" and "skipped (already syncing)" or k) end
+  end
+  local line = ("%d token%s: %s"):format(#rows, #rows == 1 and "" or "s",
+    #parts > 0 and table.concat(parts, ", ") or "nothing to sync")
+  if self.listed then line = line .. (" (%d listed)"):format(self.listed) end
+  if bad > 0 then
+    io.stderr:write("vpp: ", line, "\n") -- even with --quiet: the exit code says something failed
+    return M.EXIT_FAILURE
+  end
+  self:say(line)
+  return M.EXIT_OK
+end
+
+function Run:sync_apps(client)
+  local a = self.args
+  local step, done = self:progress("syncing")
+  local results = client:sync_many(a.id, { action = "sync_apps", organization_id = a.organization,
+    concurrency = a.concurrency, on_result = step })
+  done()
+  local rows = {}
+  collect(rows, results, {})
+  return self:report(rows)
+end
+
+-- ---- check -------------------------------------------------------------------------
+
+function Run:check_unknown(err)
+  local f, opts = self.args.format, { now = core._time() }
+  if f == "json" then
+    io.stdout:write(check.unknown_json(err, opts))
+  elseif f == "prometheus" then
+    io.stdout:write(check.unknown_prometheus(err, opts))
+  else
+    io.stdout:write(check.unknown_text(err))
+  end
+  return check.UNKNOWN
+end
+
+function Run:check(client)
+  local a = self.args
+  local all, err = client:list_tokens()
+  if not all then return self:check_unknown(err) end
+  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
+  local report = check.evaluate(all, opts)
+  if a.format == "json" then
+    io.stdout:write(check.json(report, opts))
+  elseif a.format == "prometheus" then
+    io.stdout:write(check.prometheus(report, opts))
+  else
+    io.stdout:write(check.text(report))
+  end
+  return report.status
+end
+
+-- ---- main ------------------------------------------------------------------------------
+
+local commands = { list = Run.list, get = Run.get, sync = Run.sync, ["sync-apps"] = Run.sync_apps, check = Run.check }
+
+-- The subcommand named in raw arguments, for the usage text of a bad call.
+local function command_in(args)
+  for _, a in ipairs(args) do
+    if commands[a] then return a end
+  end
+end
+
+local function usage_exit(command)
+  return command == "check" and check.UNKNOWN or M.EXIT_USAGE
+end
+
+local function run(args)
+  local state = {}
+  local parser, subcommands = M.parser(state)
+  local ok, parsed = parser:pparse(args)
+  if state.help then
+    io.stdout:write(state.help, "\n")
+    return M.EXIT_OK
+  end
+  if state.version then
+    io.stdout:write(("vpp %s (lua-vpp, %s, %s)\n"):format(vpp._VERSION, core._curl_version, _VERSION))
+    return M.EXIT_OK
+  end
+  local name = ok and parsed.command or command_in(args)
+  local usage = (subcommands[name] or parser):get_usage()
+  if not ok then
+    io.stderr:write(usage, "\n\nvpp: ", parsed, "\n")
+    return usage_exit(name)
+  end
+  local self = setmetatable({ args = parsed }, Run)
+  if name == "check" and parsed.crit_days > parsed.warn_days then
+    io.stderr:write(usage, "\n\nvpp: --crit-days must not be more than --warn-days\n")
+    return check.UNKNOWN
+  end
+  local client, message, kind = self:client()
+  if not client then
+    if kind == "settings" then
+      io.stderr:write(usage, "\n\nvpp: ", message, "\n")
+      return usage_exit(name)
+    end
+    if name == "check" then return self:check_unknown(message) end
+    io.stderr:write("vpp: ", message, "\n")
+    return M.EXIT_FAILURE
+  end
+  local done, code = pcall(commands[name], self, client)
+  client:close()
+  if not done then
+    if getmetatable(code) == UsageError then
+      io.stderr:write(usage, "\n\nvpp: ", code.message, "\n")
+      return usage_exit(name)
+    end
+    error(code, 0)
+  end
+  return code
+end
+
+--- Runs the command line `args` (a list of strings); returns the exit code.
+-- Nothing a user can do produces a traceback: a bug in lua-vpp is one line
+-- (the traceback with --verbose) and exit code 70.
+function M.main(args)
+  local verbose = false
+  for _, a in ipairs(args) do
+    if a == "-v" or a == "--verbose" then verbose = true end
+  end
+  local ok, code = xpcall(run, function(e)
+    return verbose and debug.traceback(tostring(e), 2) or tostring(e)
+  end, args)
+  if not ok then
+    io.stderr:write("vpp: internal error: ", tostring(code), "\n")
+    return M.EXIT_SOFTWARE
+  end
+  io.stdout:flush()
+  return code
+end
+
+return M
