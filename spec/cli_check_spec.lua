@@ -85,20 +85,10 @@ local function check_prometheus(text)
 end
 
 describe("vpp check", function()
-  local server, cli, env
-
-  setup(function()
-    server = support.start { tokens = 3 }
-    cli = support.install_cli()
-  end)
-  teardown(function()
-    server:stop()
-    cli.remove()
-  end)
-  before_each(function()
-    server:reset()
-    env = { GRAPH_URL = server.url, GRAPH_ACCESS_TOKEN = support.TOKEN }
-  end)
+  local fx = support.cli_fixture { tokens = 3 }
+  setup(fx.start)
+  teardown(fx.stop)
+  before_each(fx.fresh)
 
   local tenants = {
     { "all valid, far from expiry", 0, "OK", { tok { id = "a" }, tok { id = "b", expires_in_days = 90 } } },
@@ -117,8 +107,8 @@ describe("vpp check", function()
   for _, case in ipairs(tenants) do
     local what, code, status, tokens = case[1], case[2], case[3], case[4]
     it(("%s: %s, exit %d in every format"):format(what, status, code), function()
-      server:tokens(tokens)
-      local r = cli.run({ "check" }, env)
+      fx.server:tokens(tokens)
+      local r = fx.cli.run({ "check" }, fx.env)
       assert.equal(code, r.code, r.err)
       local first = r.out:match("^([^\n]*)")
       local summary, perf = first:match("^VPP " .. status .. " %- ([^|]+) | (.+)$")
@@ -129,14 +119,14 @@ describe("vpp check", function()
       local extra = select(2, r.out:gsub("\n", "")) - 1
       assert.equal(code == 0 and 0 or (status == "CRITICAL" and what:find("and a warning") and 2 or 1), extra)
 
-      r = cli.run({ "check", "--format", "json" }, env)
+      r = fx.cli.run({ "check", "--format", "json" }, fx.env)
       assert.equal(code, r.code, r.err)
       local j = cjson.decode(r.out)
       assert.equal(status, j.status)
       assert.equal(code, j.exit_code)
       assert.equal(#tokens, #j.tokens)
 
-      r = cli.run({ "check", "--format", "prometheus" }, env)
+      r = fx.cli.run({ "check", "--format", "prometheus" }, fx.env)
       assert.equal(code, r.code, r.err)
       local samples = check_prometheus(r.out)
       local found
@@ -148,10 +138,10 @@ describe("vpp check", function()
   end
 
   it("--warn-days and --crit-days move the thresholds", function()
-    server:tokens { tok { id = "a", expires_in_days = 20 } }
-    assert.equal(0, cli.run({ "check", "--warn-days", "10", "--crit-days", "5" }, env).code)
-    assert.equal(2, cli.run({ "check", "--warn-days", "60", "--crit-days", "25" }, env).code)
-    local r = cli.run({ "check", "--warn-days", "60", "--crit-days", "5" }, env)
+    fx.server:tokens { tok { id = "a", expires_in_days = 20 } }
+    assert.equal(0, fx.cli.run({ "check", "--warn-days", "10", "--crit-days", "5" }, fx.env).code)
+    assert.equal(2, fx.cli.run({ "check", "--warn-days", "60", "--crit-days", "25" }, fx.env).code)
+    local r = fx.cli.run({ "check", "--warn-days", "60", "--crit-days", "5" }, fx.env)
     assert.equal(1, r.code)
     local left = tonumber(r.out:match("min_days_left=(%d+%.%d+);60:;5:"))
     assert.is_true(left > 19.9 and left <= 20, r.out)
@@ -159,11 +149,11 @@ describe("vpp check", function()
 
   it("--format prometheus writes per-token gauges labelled by id and display name", function()
     local expires = os.time() + 100 * 86400
-    server:tokens {
+    fx.server:tokens {
       tok { id = "a", displayName = 'Oslo "HQ" \\ north', expires_in_days = 100 },
       tok { id = "b", state = "expired", lastSyncStatus = "failed", expires_in_days = -1 },
     }
-    local r = cli.run({ "check", "--format", "prometheus" }, env)
+    local r = fx.cli.run({ "check", "--format", "prometheus" }, fx.env)
     assert.equal(2, r.code)
     assert.matches("^# VPP CRITICAL %- ", r.out)
     local samples = check_prometheus(r.out)
@@ -184,17 +174,17 @@ describe("vpp check", function()
   end)
 
   it("UNKNOWN (3) when Graph cannot be asked, in every format", function()
-    server:program("@list", { { status = 500, error = "InternalServerError", message = "boom" } })
-    local r = cli.run({ "check" }, env)
+    fx.server:program("@list", { { status = 500, error = "InternalServerError", message = "boom" } })
+    local r = fx.cli.run({ "check" }, fx.env)
     assert.equal(3, r.code)
     assert.matches("^VPP UNKNOWN %- cannot ask Graph: http 500 InternalServerError: boom", r.out)
-    server:program("@list", { { status = 500, error = "InternalServerError" } })
-    r = cli.run({ "check", "--format", "json" }, env)
+    fx.server:program("@list", { { status = 500, error = "InternalServerError" } })
+    r = fx.cli.run({ "check", "--format", "json" }, fx.env)
     assert.equal(3, r.code)
     local j = cjson.decode(r.out)
     assert.same({ "UNKNOWN", 500, "InternalServerError" }, { j.status, j.error.status, j.error.code })
-    server:program("@list", { { status = 500, error = "InternalServerError" } })
-    r = cli.run({ "check", "--format", "prometheus" }, env)
+    fx.server:program("@list", { { status = 500, error = "InternalServerError" } })
+    r = fx.cli.run({ "check", "--format", "prometheus" }, fx.env)
     assert.equal(3, r.code)
     local up
     for _, s in ipairs(check_prometheus(r.out)) do

@@ -45,24 +45,13 @@ local function lines(s)
 end
 
 describe("the vpp command", function()
-  local server, cli, env
-
-  setup(function()
-    server = support.start { tokens = 30, sync_seconds = 0.3 }
-    cli = support.install_cli()
-  end)
-  teardown(function()
-    server:stop()
-    cli.remove()
-  end)
-  before_each(function()
-    server:reset()
-    server:log()
-    env = { GRAPH_URL = server.url, GRAPH_ACCESS_TOKEN = support.TOKEN }
-  end)
+  local fx = support.cli_fixture { tokens = 30, sync_seconds = 0.3 }
+  setup(fx.start)
+  teardown(fx.stop)
+  before_each(fx.fresh)
 
   local function library_list()
-    local c = support.client(server)
+    local c = support.client(fx.server)
     local list = assert(c:list_tokens())
     c:close()
     return list
@@ -70,7 +59,7 @@ describe("the vpp command", function()
 
   local function posts()
     local out = {}
-    for _, e in ipairs(server:log()) do
+    for _, e in ipairs(fx.server:log()) do
       if e.method == "POST" then out[#out + 1] = e.uri end
     end
     return out
@@ -83,7 +72,7 @@ describe("the vpp command", function()
 
   describe("list", function()
     it("prints an aligned table with a row per token, and the counts", function()
-      local r = cli.run({ "list" }, env)
+      local r = fx.cli.run({ "list" }, fx.env)
       assert.equal(0, r.code, r.err)
       local l = lines(r.out)
       assert.matches("^ID%s+NAME%s+STATE%s+SYNC%s+LAST SYNC %(UTC%)%s+EXPIRES%s+DAYS$", l[1])
@@ -100,7 +89,7 @@ describe("the vpp command", function()
     end)
 
     it("--format json prints the tokens as Graph returned them", function()
-      local r = cli.run({ "list", "--format", "json" }, env)
+      local r = fx.cli.run({ "list", "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       local printed = cjson.decode(r.out)
       local all = library_list()
@@ -116,20 +105,20 @@ describe("the vpp command", function()
     end)
 
     it("--format json prints [] when nothing matches, and empty arrays as []", function()
-      server:tokens { support.vpp_token { id = "a", roleScopeTagIds = {} } }
-      local r = cli.run({ "list", "--format", "json", "--state", "unknown" }, env)
+      fx.server:tokens { support.vpp_token { id = "a", roleScopeTagIds = {} } }
+      local r = fx.cli.run({ "list", "--format", "json", "--state", "unknown" }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.equal("[]\n", r.out)
-      r = cli.run({ "list", "--format", "json" }, env)
+      r = fx.cli.run({ "list", "--format", "json" }, fx.env)
       assert.matches('"roleScopeTagIds": %[%]', r.out)
     end)
 
     it("--format csv prints a header of property names and a row per token, quoted where needed", function()
-      server:tokens {
+      fx.server:tokens {
         support.vpp_token { id = "t-1", displayName = 'Oslo, "North" campus' },
         support.vpp_token { id = "t-2", displayName = "Line\nbreak", state = "expired" },
       }
-      local r = cli.run({ "list", "--format", "csv" }, env)
+      local r = fx.cli.run({ "list", "--format", "csv" }, fx.env)
       assert.equal(0, r.code, r.err)
       local rows = parse_csv(r.out)
       assert.same({ "id", "displayName", "organizationName", "appleId", "vppTokenAccountType", "state",
@@ -146,27 +135,27 @@ describe("the vpp command", function()
         for i, t in ipairs(list) do out[i] = t.id end
         return out
       end
-      local r = cli.run({ "list", "--format", "json", "--state", "expired", "--state", "invalid" }, env)
+      local r = fx.cli.run({ "list", "--format", "json", "--state", "expired", "--state", "invalid" }, fx.env)
       assert.equal(0, r.code, r.err)
       local want = ids_of(vpp.filter(all, { state = { "expired", "invalid" } }))
       assert.is_true(#want > 0)
       assert.same(want, ids_of(cjson.decode(r.out)))
-      r = cli.run({ "list", "--format", "json", "--sync-status", "failed" }, env)
+      r = fx.cli.run({ "list", "--format", "json", "--sync-status", "failed" }, fx.env)
       assert.same(ids_of(vpp.filter(all, { last_sync_status = "failed" })), ids_of(cjson.decode(r.out)))
-      r = cli.run({ "list", "--format", "json", "--expiring-within", "30" }, env)
+      r = fx.cli.run({ "list", "--format", "json", "--expiring-within", "30" }, fx.env)
       want = ids_of(vpp.filter(all, { expires_within = 30 * 86400 }))
       assert.is_true(#want > 0)
       assert.same(want, ids_of(cjson.decode(r.out)))
     end)
 
     it("never prints the Apple VPP token string itself", function()
-      server:tokens { support.vpp_token { id = "a", token = "APPLE-STOKEN-secret-value" } }
+      fx.server:tokens { support.vpp_token { id = "a", token = "APPLE-STOKEN-secret-value" } }
       for _, f in ipairs { "table", "json", "csv" } do
-        local r = cli.run({ "list", "--format", f }, env)
+        local r = fx.cli.run({ "list", "--format", f }, fx.env)
         assert.equal(0, r.code, r.err)
         assert.falsy(r.out:find("APPLE-STOKEN", 1, true), f)
       end
-      local r = cli.run({ "get", "a", "--format", "json" }, env)
+      local r = fx.cli.run({ "get", "a", "--format", "json" }, fx.env)
       assert.equal("[redacted]", cjson.decode(r.out).token)
     end)
   end)
@@ -174,23 +163,23 @@ describe("the vpp command", function()
   describe("get", function()
     it("prints one token in each format", function()
       local t = library_list()[3]
-      local r = cli.run({ "get", t.id, "--format", "json" }, env)
+      local r = fx.cli.run({ "get", t.id, "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       local printed = cjson.decode(r.out)
       assert.equal(t.id, printed.id)
       assert.equal(t.displayName, printed.displayName)
-      r = cli.run({ "get", t.id }, env)
+      r = fx.cli.run({ "get", t.id }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.matches("^PROPERTY%s+VALUE\n", r.out)
       assert.matches("\ndisplayName%s+" .. t.displayName:gsub("%p", "%%%0") .. "\n", r.out)
-      r = cli.run({ "get", t.id, "--format", "csv" }, env)
+      r = fx.cli.run({ "get", t.id, "--format", "csv" }, fx.env)
       local rows = parse_csv(r.out)
       assert.equal(2, #rows)
       assert.equal(t.id, rows[2][1])
     end)
 
     it("an unknown id: exit 1 and one line with Graph's error, no traceback", function()
-      local r = cli.run({ "get", "no-such-token" }, env)
+      local r = fx.cli.run({ "get", "no-such-token" }, fx.env)
       assert.equal(1, r.code)
       assert.equal("", r.out)
       assert.equal(1, #lines(r.err))
@@ -202,8 +191,8 @@ describe("the vpp command", function()
   describe("sync", function()
     it("syncs the given ids: exit 0, a row per token", function()
       local all = library_list()
-      server:log()
-      local r = cli.run({ "sync", all[1].id, all[2].id, "--format", "json" }, env)
+      fx.server:log()
+      local r = fx.cli.run({ "sync", all[1].id, all[2].id, "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       local printed = cjson.decode(r.out)
       assert.equal(2, #printed)
@@ -220,11 +209,11 @@ describe("the vpp command", function()
 
     it("--all syncs the valid tokens not already syncing; skipped ones are no failure", function()
       local all = library_list()
-      server:log()
+      fx.server:log()
       local valid = vpp.filter(all, { state = "valid" })
       local busy = vpp.filter(valid, { last_sync_status = "inProgress" })
       assert.is_true(#busy > 0, "the tenant has tokens already syncing")
-      local r = cli.run({ "sync", "--all", "--format", "csv" }, env)
+      local r = fx.cli.run({ "sync", "--all", "--format", "csv" }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.equal(#valid - #busy, #posts())
       local rows = parse_csv(r.out)
@@ -239,9 +228,9 @@ describe("the vpp command", function()
 
     it("--dry-run syncs nothing and shows what would be synced", function()
       local all = library_list()
-      server:log()
-      local r = cli.run({ "sync", "--all", "--state", "expired", "--include-in-progress", "--dry-run",
-        "--format", "json" }, env)
+      fx.server:log()
+      local r = fx.cli.run({ "sync", "--all", "--state", "expired", "--include-in-progress", "--dry-run",
+        "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.same({}, posts())
       local printed = cjson.decode(r.out)
@@ -251,7 +240,7 @@ describe("the vpp command", function()
 
     it("--wait waits for the syncs to complete", function()
       local all = library_list()
-      local r = cli.run({ "sync", all[1].id, all[2].id, "--wait", "--wait-interval", "0.2", "--format", "json" }, env)
+      local r = fx.cli.run({ "sync", all[1].id, all[2].id, "--wait", "--wait-interval", "0.2", "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       for _, p in ipairs(cjson.decode(r.out)) do
         assert.equal("completed", p.result)
@@ -261,8 +250,8 @@ describe("the vpp command", function()
 
     it("exit 1 when a sync ends failed, with the summary on stderr", function()
       local all = library_list()
-      server:syncfail { all[2].id }
-      local r = cli.run({ "sync", all[1].id, all[2].id, "--wait", "--wait-interval", "0.2" }, env)
+      fx.server:syncfail { all[2].id }
+      local r = fx.cli.run({ "sync", all[1].id, all[2].id, "--wait", "--wait-interval", "0.2" }, fx.env)
       assert.equal(1, r.code)
       assert.matches("2 tokens: 1 completed, 1 failed", r.err)
       assert.matches("failed", r.out)
@@ -270,8 +259,8 @@ describe("the vpp command", function()
 
     it("exit 1 when some ids fail, after syncing the others", function()
       local all = library_list()
-      server:log()
-      local r = cli.run({ "sync", "no-such-token", all[1].id }, env)
+      fx.server:log()
+      local r = fx.cli.run({ "sync", "no-such-token", all[1].id }, fx.env)
       assert.equal(1, r.code)
       assert.equal(2, #posts()) -- both were tried
       assert.matches("2 tokens: 1 started, 1 error", r.err)
@@ -281,8 +270,8 @@ describe("the vpp command", function()
 
     it("sync-apps calls the legacy beta action for the organization", function()
       local all = library_list()
-      server:log()
-      local r = cli.run({ "sync-apps", "--organization", "org-1", all[1].id }, env)
+      fx.server:log()
+      local r = fx.cli.run({ "sync-apps", "--organization", "org-1", all[1].id }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.same({ "/beta/organization/org-1/appleVolumePurchaseProgramTokens/" .. all[1].id .. "/syncApps" },
         posts())
@@ -306,7 +295,7 @@ describe("the vpp command", function()
     }
     for _, case in ipairs(cases) do
       it("vpp " .. table.concat(case[1], " ") .. ": exit 64 and the usage", function()
-        local r = cli.run(case[1], env)
+        local r = fx.cli.run(case[1], fx.env)
         assert.equal(64, r.code, r.err)
         assert.equal("", r.out)
         assert.truthy(r.err:find(case[2], 1, true), r.err)
@@ -317,21 +306,21 @@ describe("the vpp command", function()
 
     it("check's usage errors are UNKNOWN (3), as monitoring plugins do", function()
       for _, args in ipairs { { "check", "--warn-days", "x" }, { "check", "--warn-days", "3", "--crit-days", "9" } } do
-        local r = cli.run(args, env)
+        local r = fx.cli.run(args, fx.env)
         assert.equal(3, r.code, r.err)
         assert.truthy(r.err:find("Usage: vpp check", 1, true))
       end
     end)
 
     it("--help and --version exit 0", function()
-      local r = cli.run({ "--help" }, env)
+      local r = fx.cli.run({ "--help" }, fx.env)
       assert.equal(0, r.code)
       assert.matches("^Usage: vpp", r.out)
       assert.matches("GRAPH_ACCESS_TOKEN", r.out)
-      r = cli.run({ "sync", "--help" }, {})
+      r = fx.cli.run({ "sync", "--help" }, {})
       assert.equal(0, r.code)
       assert.matches("^Usage: vpp sync", r.out)
-      r = cli.run({ "--version" }, {})
+      r = fx.cli.run({ "--version" }, {})
       assert.equal(0, r.code)
       assert.matches("^vpp " .. vpp._VERSION:gsub("%.", "%%.") .. " ", r.out)
     end)
@@ -340,7 +329,7 @@ describe("the vpp command", function()
   describe("run-time failures", function()
     it("no credentials: one line naming the variables (exit 1; check: 3)", function()
       for _, args in ipairs { { "list" }, { "sync", "--all" } } do
-        local r = cli.run(args, { GRAPH_URL = server.url })
+        local r = fx.cli.run(args, { GRAPH_URL = fx.server.url })
         assert.equal(1, r.code, args[1])
         assert.equal(1, #lines(r.err), r.err)
         for _, v in ipairs { "GRAPH_ACCESS_TOKEN", "AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET" } do
@@ -348,24 +337,24 @@ describe("the vpp command", function()
         end
         no_traceback(r)
       end
-      local r = cli.run({ "check" }, { GRAPH_URL = server.url })
+      local r = fx.cli.run({ "check" }, { GRAPH_URL = fx.server.url })
       assert.equal(3, r.code)
       assert.matches("^VPP UNKNOWN %- .*GRAPH_ACCESS_TOKEN", r.out)
     end)
 
-    it("an unreachable server: exit 1 for list and sync, 3 (UNKNOWN) for check", function()
+    it("an unreachable fx.server: exit 1 for list and sync, 3 (UNKNOWN) for check", function()
       local closed = { GRAPH_URL = "http://127.0.0.1:1", GRAPH_ACCESS_TOKEN = support.TOKEN }
-      local r = cli.run({ "sync", "--all" }, closed)
+      local r = fx.cli.run({ "sync", "--all" }, closed)
       assert.equal(1, r.code)
       assert.matches("COULDNT_CONNECT", r.err)
       no_traceback(r)
-      r = cli.run({ "--max-retries", "0", "sync", "some-id" }, closed)
+      r = fx.cli.run({ "--max-retries", "0", "sync", "some-id" }, closed)
       assert.equal(1, r.code)
-      r = cli.run({ "--max-retries", "0", "list" }, closed)
+      r = fx.cli.run({ "--max-retries", "0", "list" }, closed)
       assert.equal(1, r.code)
       assert.equal(1, #lines(r.err))
       for _, f in ipairs { "text", "json", "prometheus" } do
-        r = cli.run({ "--max-retries", "0", "check", "--format", f }, closed)
+        r = fx.cli.run({ "--max-retries", "0", "check", "--format", f }, closed)
         assert.equal(3, r.code, f)
         no_traceback(r)
       end
@@ -375,12 +364,12 @@ describe("the vpp command", function()
   describe("examples/", function()
     local function run_example(name)
       local vars = {}
-      for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. support.quote(v) end
+      for k, v in pairs(fx.env) do vars[#vars + 1] = k .. "=" .. support.quote(v) end
       return support.run_lua(support.slurp("examples/" .. name), table.concat(vars, " "))
     end
 
     it("sync_and_wait.lua syncs every valid token and waits", function()
-      server:config { sync_seconds = 0.2 }
+      fx.server:config { sync_seconds = 0.2 }
       local all = library_list()
       local out, ok = run_example("sync_and_wait.lua")
       assert.is_true(ok, out)

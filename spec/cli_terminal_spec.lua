@@ -6,33 +6,25 @@ local SECRET = "cli-s3cr&t=+%/ x"
 local TENANT, APP = "contoso.onmicrosoft.com", "11111111-2222-3333-4444-555555555555"
 
 describe("the vpp command on a terminal", function()
-  local server, cli, env
-
+  local fx = support.cli_fixture { tokens = 40 }
+  setup(fx.start)
+  teardown(fx.stop)
+  before_each(fx.fresh)
   setup(function()
-    server = support.start { tokens = 40 }
-    cli = support.install_cli()
     if not os.execute("command -v script >/dev/null 2>&1") then
       error("util-linux `script` is needed for the pseudo-terminal specs")
     end
   end)
-  teardown(function()
-    server:stop()
-    cli.remove()
-  end)
-  before_each(function()
-    server:reset()
-    env = { GRAPH_URL = server.url, GRAPH_ACCESS_TOKEN = support.TOKEN }
-  end)
 
   local function with(extra)
     local e = {}
-    for k, v in pairs(env) do e[k] = v end
+    for k, v in pairs(fx.env) do e[k] = v end
     for k, v in pairs(extra) do e[k] = v end
     return e
   end
 
   it("colours the table on a terminal", function()
-    local r = cli.run({ "list" }, env, { pty = true })
+    local r = fx.cli.run({ "list" }, fx.env, { pty = true })
     assert.equal(0, r.code, r.out)
     assert.truthy(r.out:find("\27[1mID\27[0m", 1, true), "bold header")
     assert.truthy(r.out:find("\27[32mvalid\27[0m", 1, true), "green valid state")
@@ -40,16 +32,16 @@ describe("the vpp command on a terminal", function()
 
   it("no escape codes with NO_COLOR, even on a terminal, nor when output is not a terminal", function()
     for _, args in ipairs { { "list" }, { "sync", "--all" }, { "get", "x" } } do
-      local r = cli.run(args, with { NO_COLOR = "1" }, { pty = true })
+      local r = fx.cli.run(args, with { NO_COLOR = "1" }, { pty = true })
       assert.falsy(r.out:find("\27", 1, true), table.concat(args, " "))
-      r = cli.run(args, env)
+      r = fx.cli.run(args, fx.env)
       assert.falsy((r.out .. r.err):find("\27", 1, true), table.concat(args, " "))
     end
   end)
 
   it("shows a live progress line on a terminal during a batch, and none otherwise", function()
-    server:config { latency = 0.06 }
-    local r = cli.run({ "sync", "--all", "--concurrency", "2" }, env, { pty = true })
+    fx.server:config { latency = 0.06 }
+    local r = fx.cli.run({ "sync", "--all", "--concurrency", "2" }, fx.env, { pty = true })
     assert.equal(0, r.code, r.out)
     -- Redrawn in place with carriage returns; the final counts stay.
     local last
@@ -57,9 +49,9 @@ describe("the vpp command on a terminal", function()
     assert.truthy(last, r.out)
     assert.equal(last[1], last[2])
     assert.matches("\rsyncing %d+/%d+ · [%d.]+/s", r.out)
-    server:reset()
-    server:config { latency = 0.06 }
-    r = cli.run({ "sync", "--all", "--concurrency", "2" }, env)
+    fx.server:reset()
+    fx.server:config { latency = 0.06 }
+    r = fx.cli.run({ "sync", "--all", "--concurrency", "2" }, fx.env)
     assert.equal(0, r.code, r.err)
     assert.matches("19 started", r.err)
     assert.falsy(r.err:find("syncing %d+/%d+"), r.err)
@@ -67,7 +59,7 @@ describe("the vpp command on a terminal", function()
   end)
 
   it("--quiet shows no progress and no summary, even on a terminal", function()
-    local r = cli.run({ "--quiet", "sync", "--all" }, env, { pty = true })
+    local r = fx.cli.run({ "--quiet", "sync", "--all" }, fx.env, { pty = true })
     assert.equal(0, r.code, r.out)
     assert.equal("", r.out)
   end)
@@ -87,10 +79,10 @@ describe("the vpp command on a terminal", function()
     end
 
     it("writes a line per request: method, path, status, time, request-id", function()
-      local r = cli.run({ "--verbose", "sync", "--all" }, env)
+      local r = fx.cli.run({ "--verbose", "sync", "--all" }, fx.env)
       assert.equal(0, r.code, r.err)
       local lines = request_lines(r.err)
-      local log = server:log()
+      local log = fx.server:log()
       assert.equal(#log, #lines)
       assert.matches("^vpp: GET /v1%.0/deviceAppManagement/vppTokens 200 %d+%.%d+s request%-id [%x-]+$", lines[1])
       for i = 2, #lines do
@@ -102,11 +94,11 @@ describe("the vpp command on a terminal", function()
     end)
 
     it("shows retries and the token request, and never the secret or the access token", function()
-      server:app { tenant = TENANT, client_id = APP, client_secret = SECRET, thumbprint = certs.thumbprint }
-      server:program("@list", { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "0" } } })
-      local azure = { GRAPH_URL = server.url, AZURE_TENANT_ID = TENANT, AZURE_CLIENT_ID = APP,
-        AZURE_CLIENT_SECRET = SECRET, AZURE_AUTHORITY_HOST = server.url }
-      local r = cli.run({ "--verbose", "list", "--format", "json" }, azure)
+      fx.server:app { tenant = TENANT, client_id = APP, client_secret = SECRET, thumbprint = certs.thumbprint }
+      fx.server:program("@list", { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "0" } } })
+      local azure = { GRAPH_URL = fx.server.url, AZURE_TENANT_ID = TENANT, AZURE_CLIENT_ID = APP,
+        AZURE_CLIENT_SECRET = SECRET, AZURE_AUTHORITY_HOST = fx.server.url }
+      local r = fx.cli.run({ "--verbose", "list", "--format", "json" }, azure)
       assert.equal(0, r.code, r.err)
       local lines = request_lines(r.err)
       assert.matches("^vpp: POST /" .. TENANT:gsub("%p", "%%%0") .. "/oauth2/v2%.0/token 200 ", lines[1])
@@ -119,9 +111,9 @@ describe("the vpp command on a terminal", function()
     end)
 
     it("with certificate credentials: the assertion and the key appear nowhere", function()
-      server:app { tenant = TENANT, client_id = APP, thumbprint = certs.thumbprint }
-      local r = cli.run({ "--verbose", "check" }, { GRAPH_URL = server.url, AZURE_TENANT_ID = TENANT,
-        AZURE_CLIENT_ID = APP, AZURE_CLIENT_CERTIFICATE_PATH = certs.combined, AZURE_AUTHORITY_HOST = server.url })
+      fx.server:app { tenant = TENANT, client_id = APP, thumbprint = certs.thumbprint }
+      local r = fx.cli.run({ "--verbose", "check" }, { GRAPH_URL = fx.server.url, AZURE_TENANT_ID = TENANT,
+        AZURE_CLIENT_ID = APP, AZURE_CLIENT_CERTIFICATE_PATH = certs.combined, AZURE_AUTHORITY_HOST = fx.server.url })
       assert.is_true(r.code <= 2, r.err)
       assert.matches("/oauth2/v2%.0/token 200", r.err)
       local key_line = certs.key_pem:match("\n([^\n]+)\n")

@@ -73,6 +73,10 @@ describe("installation", function()
     local ran, result = works_from(dir, server)
     assert.is_true(ran, result)
     assert.equal("3 inProgress", result)
+    -- build.install.bin: the command, through luarocks' wrapper.
+    ran, result = sh(("cd /tmp && GRAPH_URL=%s GRAPH_ACCESS_TOKEN=t %s/bin/vpp list --format csv"):format(server.url, dir))
+    assert.is_true(ran, result)
+    assert.equal(4, select(2, result:gsub("\r\n", "")))
   end)
 
   it("the rockspec installs every Lua module in lua/", function()

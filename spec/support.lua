@@ -168,6 +168,28 @@ function M.install_cli()
   return cli
 end
 
+-- The CLI specs' fixture: a fake Graph and the installed command for a
+-- describe block, and env (the variables pointing the command at the
+-- server) fresh for each test.  Register as with fake_graph:
+--   setup(f.start) teardown(f.stop) before_each(f.fresh)
+function M.cli_fixture(server_opts)
+  local f = {}
+  function f.start()
+    f.server = M.start(server_opts)
+    f.cli = M.install_cli()
+  end
+  function f.stop()
+    f.server:stop()
+    f.cli.remove()
+  end
+  function f.fresh()
+    f.server:reset()
+    f.server:log()
+    f.env = { GRAPH_URL = f.server.url, GRAPH_ACCESS_TOKEN = M.TOKEN }
+  end
+  return f
+end
+
 --- A VPP token as Graph returns it, with the given fields changed; days
 -- are from now.
 function M.vpp_token(fields)

@@ -421,14 +421,7 @@ end
 -- ---- check -------------------------------------------------------------------------
 
 function Run:check_unknown(err)
-  local f, opts = self.args.format, { now = core._time() }
-  if f == "json" then
-    io.stdout:write(check.unknown_json(err, opts))
-  elseif f == "prometheus" then
-    io.stdout:write(check.unknown_prometheus(err, opts))
-  else
-    io.stdout:write(check.unknown_text(err))
-  end
+  io.stdout:write(check.outputs[self.args.format].unknown(err, { now = core._time() }))
   return check.UNKNOWN
 end
 
@@ -438,13 +431,7 @@ function Run:check(client)
   if not all then return self:check_unknown(err) end
   local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
   local report = check.evaluate(all, opts)
-  if a.format == "json" then
-    io.stdout:write(check.json(report, opts))
-  elseif a.format == "prometheus" then
-    io.stdout:write(check.prometheus(report, opts))
-  else
-    io.stdout:write(check.text(report))
-  end
+  io.stdout:write(check.outputs[a.format].report(report, opts))
   return report.status
 end
 

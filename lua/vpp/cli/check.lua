@@ -231,4 +231,11 @@ function M.unknown_prometheus(err, opts)
   return table.concat(out, "\n") .. "\n"
 end
 
+--- By --format: what to print for a report, and when Graph could not be asked.
+M.outputs = {
+  text = { report = M.text, unknown = M.unknown_text },
+  json = { report = M.json, unknown = M.unknown_json },
+  prometheus = { report = M.prometheus, unknown = M.unknown_prometheus },
+}
+
 return M
