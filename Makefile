@@ -1,4 +1,4 @@
-# lua-vpp: `make demo`, `make`, `make test`, `make valgrind`, `make lint`, `make install PREFIX=DIR`.
+# lua-vpp: `make demo`, `make`, `make test`, `make valgrind`, `make asan`, `make lint`, `make install PREFIX=DIR`.
 LUA_VERSION ?= 5.4
 PREFIX ?= /usr/local
 DESTDIR ?=
@@ -14,7 +14,9 @@ CRYPTO_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcrypto 2>/dev/null)
 CRYPTO_LIBS ?= $(shell $(PKG_CONFIG) --libs libcrypto 2>/dev/null)
 
 CFLAGS ?= -O2 -g
-CFLAGS += -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS) $(CRYPTO_CFLAGS)
+# What the module needs whatever CFLAGS says (a command-line CFLAGS would
+# override a `+=`).
+VPP_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS) $(CRYPTO_CFLAGS)
 # A Lua C module never links liblua: the host provides its symbols.
 LDFLAGS_SHARED ?= -shared
 LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
@@ -23,9 +25,11 @@ LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
 BINDIR = $(PREFIX)/bin
 
+# Where the module is built; `make asan` uses a directory of its own.
+BUILD ?= build/$(LUA_VERSION)
 SRCS = $(wildcard src/*.c)
-OBJS = $(patsubst src/%.c,build/$(LUA_VERSION)/obj/%.o,$(SRCS))
-CORE = build/$(LUA_VERSION)/vpp/core.so
+OBJS = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
+CORE = $(BUILD)/vpp/core.so
 
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
@@ -33,9 +37,9 @@ DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
-export LUA_CPATH := $(CURDIR)/build/$(LUA_VERSION)/?.so;;
+export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps demo test valgrind lint bench install uninstall clean
+.PHONY: all deps demo test valgrind asan lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -43,9 +47,9 @@ $(CORE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SHARED) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
 
-build/$(LUA_VERSION)/obj/%.o: src/%.c src/vpp.h src/curl_codes.h
+$(BUILD)/obj/%.o: src/%.c src/vpp.h src/curl_codes.h
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) -c -o $@ $<
+	$(CC) $(VPP_CFLAGS) $(CFLAGS) -c -o $@ $<
 
 deps:
 	@sh .ci/deps.sh $(DEB_PACKAGES)
@@ -65,6 +69,22 @@ valgrind: deps
 	  --show-leak-kinds=definite,indirect --errors-for-leak-kinds=definite,indirect \
 	  --suppressions=spec/valgrind.supp --num-callers=30 \
 	  $(LUA) spec/run_busted.lua spec
+
+# The suite with AddressSanitizer (leaks included) and UBSan: the module
+# and a small Lua host built instrumented, any report fails the run.
+# MAKEFLAGS is dropped so that the specs' own `make install` builds the
+# plain module for plain lua.
+SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+ASAN_BUILD = build/asan-$(LUA_VERSION)
+asan: deps
+	$(MAKE) all BUILD=$(ASAN_BUILD) CFLAGS="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)"
+	$(CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $(ASAN_BUILD)/lua_host spec/host/lua_host.c \
+	  $$($(PKG_CONFIG) --libs $(LUA_PC))
+	env -u MAKEFLAGS -u MFLAGS VPP_BUILD=$(ASAN_BUILD) LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
+	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
+	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=99 \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
+	  $(ASAN_BUILD)/lua_host spec/run_busted.lua spec
 
 # lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
 bench: deps

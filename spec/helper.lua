@@ -3,4 +3,5 @@
 local version = _VERSION:match("%d+%.%d+")
 if type(jit) == "table" then version = "jit" end
 package.path = "lua/?.lua;lua/?/init.lua;fake-graph/?.lua;spec/?.lua;" .. package.path
-package.cpath = "build/" .. version .. "/?.so;" .. package.cpath
+-- VPP_BUILD: another build of the module (make asan).
+package.cpath = (os.getenv("VPP_BUILD") or ("build/" .. version)) .. "/?.so;" .. package.cpath
