@@ -94,8 +94,13 @@ bench: deps
 	cd bench && npm install --no-audit --no-fund --silent
 	$(LUA) bench/run.lua
 
+# luacheck (.luacheckrc), cppcheck and clang-tidy (.clang-tidy): zero findings.
 lint: deps
+	@sh .ci/deps.sh cppcheck clang-tidy
 	luacheck --no-color -q lua spec fake-graph bench examples bin/vpp
+	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --std=c99 \
+	  --inline-suppr --suppress=missingIncludeSystem $(LUA_CFLAGS) src/
+	clang-tidy --quiet $(SRCS) -- $(VPP_CFLAGS)
 
 # The command runs on the Lua it was installed for.
 install: $(CORE)

@@ -85,7 +85,7 @@ static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
     lua_pushnil(L);
     while (lua_next(L, mi)) {
       lua_pop(L, 1);
-      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "client_id"))
+      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "client_id") != 0)
         luaL_error(L, "vpp: opts.managed_identity takes only client_id");
     }
     a->client_id = opt_string(L, mi, uv, "client_id");
@@ -441,7 +441,7 @@ static int call_provider(lua_State *L, vpp_client *c, int client_idx) {
   if (lua_type(L, -1) == LUA_TNUMBER) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    lifetime = lua_tonumber(L, -1) - ((double)ts.tv_sec + ts.tv_nsec / 1e9);
+    lifetime = lua_tonumber(L, -1) - ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
     if (!(lifetime > 0)) lifetime = 0;
   }
   if (!keep(&c->auth, token, len, lifetime)) {

@@ -73,8 +73,8 @@ static void check_opts_keys(lua_State *L, int opts, vpp_action action) {
   while (lua_next(L, opts)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
     lua_pop(L, 1);
-    if (strcmp(k, "concurrency") && strcmp(k, "on_result") &&
-        (action == VPP_GET_TOKEN || (strcmp(k, "action") && strcmp(k, "organization_id"))))
+    if (strcmp(k, "concurrency") != 0 && strcmp(k, "on_result") != 0 &&
+        (action == VPP_GET_TOKEN || (strcmp(k, "action") != 0 && strcmp(k, "organization_id") != 0)))
       luaL_error(L, "vpp: unknown option '%s'", luaL_tolstring(L, -1, NULL));
   }
 }
@@ -87,7 +87,7 @@ static vpp_action read_action(lua_State *L, int opts) {
     return VPP_SYNC_LICENSES;
   }
   a = lua_tostring(L, -1);
-  if (lua_type(L, -1) != LUA_TSTRING || (strcmp(a, "sync_licenses") && strcmp(a, "sync_apps")))
+  if (lua_type(L, -1) != LUA_TSTRING || (strcmp(a, "sync_licenses") != 0 && strcmp(a, "sync_apps") != 0))
     luaL_error(L, "vpp: opts.action must be \"sync_licenses\" or \"sync_apps\"");
   lua_pop(L, 1);
   return strcmp(a, "sync_apps") == 0 ? VPP_SYNC_APPS : VPP_SYNC_LICENSES;

@@ -10,7 +10,7 @@
 
 #include "vpp.h"
 
-#define DEFAULT_MAX_RESPONSE_BYTES (16 * 1024 * 1024)
+#define DEFAULT_MAX_RESPONSE_BYTES (16L * 1024 * 1024)
 
 #define DEFAULT_MAX_RETRIES 3
 #define DEFAULT_MAX_RETRY_DELAY 60.0
@@ -126,7 +126,7 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
     while (lua_next(L, rl)) {
       const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
       lua_pop(L, 1);
-      if (strcmp(k, "writes") && strcmp(k, "requests") && strcmp(k, "per"))
+      if (strcmp(k, "writes") != 0 && strcmp(k, "requests") != 0 && strcmp(k, "per") != 0)
         luaL_error(L, "vpp: unknown rate_limit key '%s' (expected writes, requests or per)",
                    luaL_tolstring(L, -1, NULL));
     }
@@ -388,7 +388,7 @@ static void push_query(lua_State *L, int q) {
   lua_pushnil(L);
   while (lua_next(L, q)) {
     const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "select") && strcmp(k, "top") && strcmp(k, "filter"))
+    if (strcmp(k, "select") != 0 && strcmp(k, "top") != 0 && strcmp(k, "filter") != 0)
       luaL_error(L, "vpp: unknown query key '%s' (expected select, top or filter)", luaL_tolstring(L, -2, NULL));
     lua_pop(L, 1);
   }

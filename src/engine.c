@@ -34,7 +34,7 @@ static vpp_transfer *idle_transfer(vpp_client *c) {
   int i;
   for (i = 0; i < c->pool_size; i++)
     if (c->pool[i]->job < 0) return c->pool[i];
-  pool = realloc(c->pool, (size_t)(c->pool_size + 1) * sizeof *pool);
+  pool = realloc(c->pool, (size_t)(c->pool_size + 1) * sizeof(vpp_transfer *));
   if (!pool) return NULL;
   c->pool = pool;
   if (!(pool[c->pool_size] = vpp_transfer_new(c))) return NULL;

@@ -9,7 +9,7 @@
 #include "vpp.h"
 
 #define VPP_MAX_REDIRECTS 5
-#define VPP_KEEP_BODY_BYTES (1024 * 1024)
+#define VPP_KEEP_BODY_BYTES ((size_t)1024 * 1024)
 
 int vpp_buf_append(vpp_buf *b, const char *s, size_t n) {
   if (n > b->cap - b->len) {
@@ -213,7 +213,7 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   r->attempts = attempts;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = '\0';
   vpp_new_uuid(t->client, r->client_request_id);
-  memcpy(rid_line, "client-request-id: ", 19);
+  memcpy(rid_line, "client-request-id: ", 19); /* NOLINT(bugprone-not-null-terminated-result): the id and its NUL follow */
   memcpy(rid_line + 19, r->client_request_id, strlen(r->client_request_id) + 1);
 
   /* "Content-Type:" with no value stops libcurl's form default: there is
