@@ -434,11 +434,14 @@ function admin.revoke()
   return send(200, '{"ok":true}')
 end
 
-function admin.tokenlog()
+-- Answers a recorded list (its entries are JSON already), emptying it.
+local function drain(list)
   local out = {}
-  for i = 1, dict:llen("tokenlog") or 0 do out[i] = dict:lpop("tokenlog") end
+  for i = 1, dict:llen(list) or 0 do out[i] = dict:lpop(list) end
   return send(200, "[" .. table.concat(out, ",") .. "]")
 end
+
+function admin.tokenlog() return drain("tokenlog") end
 
 function admin.stats()
   return send(200, cjson.encode({
@@ -450,11 +453,7 @@ function admin.stats()
   }))
 end
 
-function admin.log()
-  local out = {}
-  for i = 1, dict:llen("log") or 0 do out[i] = dict:lpop("log") end
-  return send(200, "[" .. table.concat(out, ",") .. "]")
-end
+function admin.log() return drain("log") end
 
 local function record(method, raw)
   if not setting("log") then return end

@@ -9,38 +9,26 @@ local SECRET = "s3cr&t=+%/ ü~x"
 local TENANT, APP = "contoso.onmicrosoft.com", "11111111-2222-3333-4444-555555555555"
 
 describe("authentication", function()
-  local server, certs
-
-  setup(function()
-    server = support.start { tokens = 20 }
-    certs = support.make_certs()
-  end)
-  teardown(function()
-    server:stop()
-    certs.remove()
-  end)
-  before_each(function()
-    server:reset()
-    server:app { tenant = TENANT, client_id = APP, client_secret = SECRET, thumbprint = certs.thumbprint }
-    server:log()
-    server:tokenlog()
-  end)
+  local fx = support.identity_fixture({ tokens = 20 }, { tenant = TENANT, client_id = APP, client_secret = SECRET })
+  setup(fx.start)
+  teardown(fx.stop)
+  before_each(fx.fresh)
 
   local function secret_client(extra)
-    local o = { tenant_id = TENANT, client_id = APP, client_secret = SECRET, authority = server.url,
-      base_url = server.url, rate_limit = false }
+    local o = { tenant_id = TENANT, client_id = APP, client_secret = SECRET, authority = fx.server.url,
+      base_url = fx.server.url, rate_limit = false }
     for k, v in pairs(extra or {}) do o[k] = v end
     return vpp.new(o)
   end
 
   local function cert_client(extra)
-    local o = { tenant_id = TENANT, client_id = APP, client_certificate = certs.combined, authority = server.url,
-      base_url = server.url, rate_limit = false }
+    local o = { tenant_id = TENANT, client_id = APP, client_certificate = fx.certs.combined, authority = fx.server.url,
+      base_url = fx.server.url, rate_limit = false }
     for k, v in pairs(extra or {}) do o[k] = v end
     return vpp.new(o)
   end
 
-  local function token_requests() return server:stats().token_requests end
+  local function token_requests() return fx.server:stats().token_requests end
 
   describe("client secret", function()
     it("gets a token with a form-encoded request and calls Graph with it", function()
@@ -48,7 +36,7 @@ describe("authentication", function()
       local list = assert(c:list_tokens())
       c:close()
       assert.equal(20, #list)
-      local entry = server:tokenlog()[1]
+      local entry = fx.server:tokenlog()[1]
       assert.equal("token", entry.kind)
       assert.equal("POST", entry.method)
       assert.equal(TENANT, entry.tenant)
@@ -56,7 +44,7 @@ describe("authentication", function()
       assert.same({ grant_type = "client_credentials", client_id = APP, client_secret = SECRET,
         scope = "https://graph.microsoft.com/.default" }, entry.form)
       assert.truthy(entry.raw:find("client_secret=s3cr%26t%3D%2B%25%2F%20%C3%BC~x", 1, true))
-      assert.matches("^Bearer fake%-at%-", server:log()[1].authorization)
+      assert.matches("^Bearer fake%-at%-", fx.server:log()[1].authorization)
     end)
 
     it("fetches one token for many calls", function()
@@ -73,8 +61,8 @@ describe("authentication", function()
       local ids = {}
       for _, t in ipairs(assert(first:list_tokens())) do ids[#ids + 1] = t.id end
       first:close()
-      server:reset()
-      server:app { tenant = TENANT, client_id = APP, client_secret = SECRET }
+      fx.server:reset()
+      fx.server:app { tenant = TENANT, client_id = APP, client_secret = SECRET }
       local c = secret_client()
       local results = c:sync_many(ids, { concurrency = 16 })
       c:close()
@@ -83,7 +71,7 @@ describe("authentication", function()
     end)
 
     it("fetches a new token before the old one expires", function()
-      server:app { tenant = TENANT, client_id = APP, client_secret = SECRET, lifetime = 2 }
+      fx.server:app { tenant = TENANT, client_id = APP, client_secret = SECRET, lifetime = 2 }
       local c = secret_client()
       assert(c:list_tokens())
       assert(c:list_tokens())
@@ -107,37 +95,37 @@ describe("authentication", function()
       local c = secret_client()
       local ids = {}
       for _, t in ipairs(assert(c:list_tokens())) do ids[#ids + 1] = t.id end
-      server:revoke()
-      server:log()
+      fx.server:revoke()
+      fx.server:log()
       local tok = assert(c:sync_licenses(ids[1]))
       assert.equal(ids[1], tok.id)
       assert.equal(2, token_requests())
-      local log = server:log()
+      local log = fx.server:log()
       assert.equal(2, #log)
       assert.not_equal(log[1].authorization, log[2].authorization)
       c:close()
     end)
 
     it("never loops on a 401 that a new token does not cure", function()
-      server:program("x", { { status = 401, error = "InvalidAuthenticationToken", times = 10 } })
+      fx.server:program("x", { { status = 401, error = "InvalidAuthenticationToken", times = 10 } })
       local c = secret_client()
       local ok, err = c:sync_licenses("x")
       c:close()
       assert.is_nil(ok)
       assert.equal(401, err.status)
       assert.equal(2, err.attempts)
-      assert.equal(2, #server:log())
+      assert.equal(2, #fx.server:log())
       assert.equal(2, token_requests())
     end)
 
     it("does not retry a 401 with a fixed token", function()
-      server:program("x", { { status = 401, error = "InvalidAuthenticationToken", times = 10 } })
-      local c = support.client(server)
+      fx.server:program("x", { { status = 401, error = "InvalidAuthenticationToken", times = 10 } })
+      local c = support.client(fx.server)
       local ok, err = c:sync_licenses("x")
       c:close()
       assert.is_nil(ok)
       assert.equal(1, err.attempts)
-      assert.equal(1, #server:log())
+      assert.equal(1, #fx.server:log())
     end)
   end)
 
@@ -153,13 +141,13 @@ describe("authentication", function()
       local t0 = os.time()
       assert(c:list_tokens())
       c:close()
-      local entry = server:tokenlog()[1]
+      local entry = fx.server:tokenlog()[1]
       assert.equal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer", entry.form.client_assertion_type)
       assert.is_nil(entry.form.client_secret)
       assert.equal("https://graph.microsoft.com/.default", entry.form.scope)
       local jwt, header, claims, signed, sig = assertion_of(entry)
-      assert.same({ alg = "PS256", typ = "JWT", ["x5t#S256"] = certs.thumbprint }, header)
-      assert.equal(server.url .. "/" .. TENANT .. "/oauth2/v2.0/token", claims.aud)
+      assert.same({ alg = "PS256", typ = "JWT", ["x5t#S256"] = fx.certs.thumbprint }, header)
+      assert.equal(fx.server.url .. "/" .. TENANT .. "/oauth2/v2.0/token", claims.aud)
       assert.equal(APP, claims.iss)
       assert.equal(APP, claims.sub)
       assert.matches("^%x+%-%x+%-%x+%-%x+%-%x+$", claims.jti)
@@ -167,28 +155,28 @@ describe("authentication", function()
       assert.equal(claims.iat, claims.nbf)
       assert.is_true(claims.exp > claims.iat and claims.exp - claims.iat <= 3600)
       -- the signature, checked by openssl with the certificate's public key
-      local input, sigfile = certs.dir .. "/signed.txt", certs.dir .. "/sig.bin"
+      local input, sigfile = fx.certs.dir .. "/signed.txt", fx.certs.dir .. "/sig.bin"
       assert(io.open(input, "wb")):write(signed):close()
       assert(io.open(sigfile, "wb")):write(support.b64url_decode(sig)):close()
       local out = io.popen(("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32"
-        .. " -verify %s -signature %s %s 2>&1"):format(certs.pubkey, sigfile, input)):read("a")
+        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("a")
       assert.matches("Verified OK", out)
       -- and a tampered assertion does not verify
       assert(io.open(input, "wb")):write(signed .. "x"):close()
       out = io.popen(("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32"
-        .. " -verify %s -signature %s %s 2>&1"):format(certs.pubkey, sigfile, input)):read("a")
+        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("a")
       assert.not_matches("Verified OK", out)
       assert.is_string(jwt)
     end)
 
     it("uses a fresh jti for each assertion", function()
-      server:app { tenant = TENANT, client_id = APP, thumbprint = certs.thumbprint, lifetime = 1 }
+      fx.server:app { tenant = TENANT, client_id = APP, thumbprint = fx.certs.thumbprint, lifetime = 1 }
       local c = cert_client()
       assert(c:list_tokens())
       require("socket").sleep(0.6)
       assert(c:list_tokens())
       c:close()
-      local log = server:tokenlog()
+      local log = fx.server:tokenlog()
       assert.equal(2, #log)
       local _, _, a = assertion_of(log[1])
       local _, _, b = assertion_of(log[2])
@@ -196,8 +184,8 @@ describe("authentication", function()
     end)
 
     it("takes the key from a separate file, encrypted with a password", function()
-      local c = cert_client { client_certificate = certs.cert, client_key = certs.encrypted_key,
-        client_key_password = certs.password }
+      local c = cert_client { client_certificate = fx.certs.cert, client_key = fx.certs.encrypted_key,
+        client_key_password = fx.certs.password }
       assert(c:list_tokens())
       c:close()
       assert.equal(1, token_requests())
@@ -214,7 +202,7 @@ describe("authentication", function()
     for _, case in ipairs(broken) do
       it("gives an auth error at the first call for " .. case[1], function()
         local o = {}
-        local files = { CERT = certs.cert, ENC = certs.encrypted_key, OTHER = certs.other_key, EC = certs.ec_combined }
+        local files = { CERT = fx.certs.cert, ENC = fx.certs.encrypted_key, OTHER = fx.certs.other_key, EC = fx.certs.ec_combined }
         for k, v in pairs(case[2]) do o[k] = files[v] or v end
         local c = cert_client(o) -- no raise at vpp.new
         local ok, err = c:list_tokens()
@@ -223,7 +211,7 @@ describe("authentication", function()
         assert.equal("auth", err.kind)
         assert.equal(case[3], err.code)
         assert.equal(0, token_requests())
-        assert.is_false(support.contains_secret(err, certs.password))
+        assert.is_false(support.contains_secret(err, fx.certs.password))
         assert.is_false(support.contains_secret(err, "PRIVATE KEY"))
       end)
     end
@@ -231,8 +219,8 @@ describe("authentication", function()
 
   describe("managed identity", function()
     local function mi_client(extra)
-      local o = { managed_identity = true, imds_url = server.url .. "/metadata/identity/oauth2/token",
-        base_url = server.url, rate_limit = false }
+      local o = { managed_identity = true, imds_url = fx.server.url .. "/metadata/identity/oauth2/token",
+        base_url = fx.server.url, rate_limit = false }
       for k, v in pairs(extra or {}) do o[k] = v end
       return vpp.new(o)
     end
@@ -242,7 +230,7 @@ describe("authentication", function()
       assert(c:list_tokens())
       assert(c:list_tokens())
       c:close()
-      local entry = server:tokenlog()[1]
+      local entry = fx.server:tokenlog()[1]
       assert.equal("imds", entry.kind)
       assert.equal("true", entry.metadata)
       assert.equal("2018-02-01", entry.args["api-version"])
@@ -255,11 +243,11 @@ describe("authentication", function()
       local c = mi_client { managed_identity = { client_id = "mi-client-7" } }
       assert(c:list_tokens())
       c:close()
-      assert.equal("mi-client-7", server:tokenlog()[1].args.client_id)
+      assert.equal("mi-client-7", fx.server:tokenlog()[1].args.client_id)
     end)
 
     it("reports an IMDS error as an auth error", function()
-      server:program("@imds", { { status = 400, body = '{"error":"invalid_request","error_description":"Identity not found"}' } })
+      fx.server:program("@imds", { { status = 400, body = '{"error":"invalid_request","error_description":"Identity not found"}' } })
       local c = mi_client()
       local ok, err = c:list_tokens()
       c:close()
@@ -272,11 +260,11 @@ describe("authentication", function()
   end)
 
   describe("an access_token function", function()
-    before_each(function() server:config { require_issued = false } end)
+    before_each(function() fx.server:config { require_issued = false } end)
 
     it("is called again only when the expiry it gave is near", function()
       local calls = 0
-      local c = vpp.new { base_url = server.url, rate_limit = false, access_token = function()
+      local c = vpp.new { base_url = fx.server.url, rate_limit = false, access_token = function()
         calls = calls + 1
         return "fn-" .. calls, os.time() + 3600
       end }
@@ -286,17 +274,17 @@ describe("authentication", function()
     end)
 
     it("is called again after a 401, once", function()
-      server:program("x", { { status = 401, error = "InvalidAuthenticationToken" } })
-      server:program("x", { { body = '{"id":"x"}' } })
+      fx.server:program("x", { { status = 401, error = "InvalidAuthenticationToken" } })
+      fx.server:program("x", { { body = '{"id":"x"}' } })
       local calls = 0
-      local c = vpp.new { base_url = server.url, rate_limit = false, access_token = function()
+      local c = vpp.new { base_url = fx.server.url, rate_limit = false, access_token = function()
         calls = calls + 1
         return "fn-" .. calls, os.time() + 3600
       end }
       assert.equal("x", assert(c:sync_licenses("x")).id)
       c:close()
       assert.equal(2, calls)
-      local log = server:log()
+      local log = fx.server:log()
       assert.equal("Bearer fn-1", log[1].authorization)
       assert.equal("Bearer fn-2", log[2].authorization)
     end)
@@ -316,7 +304,7 @@ describe("authentication", function()
       assert.matches("^%x+%-", err.trace_id)
       assert.matches("^%x+%-", err.correlation_id)
       assert.matches("^vpp: auth 401 invalid_client: AADSTS7000215", tostring(err))
-      assert.same({}, server:log()) -- Graph was not called
+      assert.same({}, fx.server:log()) -- Graph was not called
     end)
 
     it("for an unknown tenant or application", function()
@@ -340,7 +328,7 @@ describe("authentication", function()
       c:close()
       assert.equal("auth", err.kind)
       assert.equal("COULDNT_CONNECT", err.code)
-      server:program("@token", { { status = 200, body = "<html>proxy login</html>", content_type = "text/html" } })
+      fx.server:program("@token", { { status = 200, body = "<html>proxy login</html>", content_type = "text/html" } })
       c = secret_client()
       _, err = c:list_tokens()
       c:close()
@@ -363,26 +351,26 @@ describe("authentication", function()
       local c = secret_client { client_secret = "wrong" .. SECRET }
       add(c:list_tokens())
       c:close()
-      c = cert_client { client_certificate = certs.cert, client_key = certs.encrypted_key, client_key_password = "x" .. certs.password }
+      c = cert_client { client_certificate = fx.certs.cert, client_key = fx.certs.encrypted_key, client_key_password = "x" .. fx.certs.password }
       add(c:list_tokens())
       c:close()
-      server:app { tenant = TENANT, client_id = APP, thumbprint = "someone-else" }
+      fx.server:app { tenant = TENANT, client_id = APP, thumbprint = "someone-else" }
       c = cert_client()
       add(c:list_tokens())
       c:close()
-      server:app { tenant = TENANT, client_id = APP, client_secret = SECRET }
+      fx.server:app { tenant = TENANT, client_id = APP, client_secret = SECRET }
       c = secret_client()
       assert(c:list_tokens())
       add(c:sync_licenses("missing"))
-      server:revoke()
-      server:program("y", { { status = 401, error = "InvalidAuthenticationToken", times = 3 } })
+      fx.server:revoke()
+      fx.server:program("y", { { status = 401, error = "InvalidAuthenticationToken", times = 3 } })
       add(c:sync_licenses("y"))
       c:close()
-      local secrets = { SECRET, certs.password, "PRIVATE KEY", certs.key_pem:sub(40, 80) }
-      for _, entry in ipairs(server:tokenlog()) do
+      local secrets = { SECRET, fx.certs.password, "PRIVATE KEY", fx.certs.key_pem:sub(40, 80) }
+      for _, entry in ipairs(fx.server:tokenlog()) do
         if entry.form and entry.form.client_assertion then secrets[#secrets + 1] = entry.form.client_assertion end
       end
-      for _, entry in ipairs(server:log()) do
+      for _, entry in ipairs(fx.server:log()) do
         secrets[#secrets + 1] = entry.authorization:sub(8)
       end
       assert.equal(5, #errors)
@@ -411,6 +399,16 @@ describe("authentication", function()
         "vpp: opts.managed_identity takes only client_id")
       assert.has_error(function() vpp.new { access_token = "t", cloud = "mars" } end,
         'vpp: opts.cloud must be "global", "usgov", "dod" or "china"')
+    end)
+
+    it("take credential strings as they are, but refuse empty ones, other types and NUL bytes", function()
+      local function secret(v)
+        return function() vpp.new { tenant_id = "t", client_id = "c", client_secret = v } end
+      end
+      assert.has_no.errors(secret("tab\tand\rreturn")) -- sent form-encoded: any byte but NUL is fine
+      assert.has_error(secret(""), "vpp: opts.client_secret must be a non-empty string")
+      assert.has_error(secret(42), "vpp: opts.client_secret must be a non-empty string (got number)")
+      assert.has_error(secret("a\0b"), "vpp: opts.client_secret must not contain NUL bytes")
     end)
   end)
 end)

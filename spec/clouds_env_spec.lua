@@ -76,22 +76,10 @@ describe("national clouds", function()
 end)
 
 describe("vpp.new_from_env", function()
-  local server, certs
-
-  setup(function()
-    server = support.start { tokens = 2 }
-    certs = support.make_certs()
-  end)
-  teardown(function()
-    server:stop()
-    certs.remove()
-  end)
-  before_each(function()
-    server:reset()
-    server:app { tenant = "env-tenant", client_id = "env-app", client_secret = "env secret&1", thumbprint = certs.thumbprint }
-    server:log()
-    server:tokenlog()
-  end)
+  local fx = support.identity_fixture({ tokens = 2 }, { tenant = "env-tenant", client_id = "env-app", client_secret = "env secret&1" })
+  setup(fx.start)
+  teardown(fx.stop)
+  before_each(fx.fresh)
 
   local function run(env, opts)
     return support.run_lua(([[
@@ -100,42 +88,42 @@ describe("vpp.new_from_env", function()
       if not ok then io.write("raised: ", c) return end
       local list, err = c:list_tokens()
       io.write(list and ("listed " .. #list) or tostring(err), " ", c:config().credential)
-    ]]):format(opts or ("{ base_url = %q }"):format(server.url)), "env -u GRAPH_ACCESS_TOKEN " .. env)
+    ]]):format(opts or ("{ base_url = %q }"):format(fx.server.url)), "env -u GRAPH_ACCESS_TOKEN " .. env)
   end
 
   it("uses AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET and AZURE_AUTHORITY_HOST", function()
     local out = run(("AZURE_TENANT_ID=env-tenant AZURE_CLIENT_ID=env-app AZURE_CLIENT_SECRET='env secret&1' AZURE_AUTHORITY_HOST=%s")
-      :format(server.url))
+      :format(fx.server.url))
     assert.equal("listed 2 client_secret", out)
-    local entry = server:tokenlog()[1]
+    local entry = fx.server:tokenlog()[1]
     assert.equal("env-tenant", entry.tenant)
     assert.equal("env secret&1", entry.form.client_secret)
   end)
 
   it("uses AZURE_CLIENT_CERTIFICATE_PATH and AZURE_CLIENT_CERTIFICATE_PASSWORD", function()
     -- a PEM holding the certificate and the key encrypted with the password
-    local pem = certs.dir .. "/env.pem"
-    assert(io.open(pem, "wb")):write(support.slurp(certs.cert), support.slurp(certs.encrypted_key)):close()
+    local pem = fx.certs.dir .. "/env.pem"
+    assert(io.open(pem, "wb")):write(support.slurp(fx.certs.cert), support.slurp(fx.certs.encrypted_key)):close()
     local out = run(("AZURE_TENANT_ID=env-tenant AZURE_CLIENT_ID=env-app AZURE_CLIENT_CERTIFICATE_PATH=%s"
-      .. " AZURE_CLIENT_CERTIFICATE_PASSWORD='%s' AZURE_AUTHORITY_HOST=%s"):format(pem, certs.password, server.url))
+      .. " AZURE_CLIENT_CERTIFICATE_PASSWORD='%s' AZURE_AUTHORITY_HOST=%s"):format(pem, fx.certs.password, fx.server.url))
     assert.equal("listed 2 client_certificate", out)
-    assert.equal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer", server:tokenlog()[1].form.client_assertion_type)
+    assert.equal("urn:ietf:params:oauth:client-assertion-type:jwt-bearer", fx.server:tokenlog()[1].form.client_assertion_type)
   end)
 
   it("prefers a pre-obtained GRAPH_ACCESS_TOKEN over the AZURE_* credentials", function()
-    server:config { require_issued = false }
+    fx.server:config { require_issued = false }
     local out = run(("GRAPH_ACCESS_TOKEN=pre-obtained AZURE_TENANT_ID=env-tenant AZURE_CLIENT_ID=env-app"
-      .. " AZURE_CLIENT_SECRET=x AZURE_AUTHORITY_HOST=%s"):format(server.url))
+      .. " AZURE_CLIENT_SECRET=x AZURE_AUTHORITY_HOST=%s"):format(fx.server.url))
     assert.equal("listed 2 access_token", out)
-    assert.equal("Bearer pre-obtained", server:log()[1].authorization)
-    assert.same({}, server:tokenlog())
+    assert.equal("Bearer pre-obtained", fx.server:log()[1].authorization)
+    assert.same({}, fx.server:tokenlog())
   end)
 
   it("lets explicit settings win over the environment", function()
     local out = run(("AZURE_TENANT_ID=wrong AZURE_CLIENT_ID=env-app AZURE_CLIENT_SECRET=wrong AZURE_AUTHORITY_HOST=http://127.0.0.1:9"),
-      ("{ base_url = %q, authority = %q, tenant_id = 'env-tenant', client_secret = 'env secret&1' }"):format(server.url, server.url))
+      ("{ base_url = %q, authority = %q, tenant_id = 'env-tenant', client_secret = 'env secret&1' }"):format(fx.server.url, fx.server.url))
     assert.equal("listed 2 client_secret", out)
-    assert.equal("env-tenant", server:tokenlog()[1].tenant)
+    assert.equal("env-tenant", fx.server:tokenlog()[1].tenant)
   end)
 
   it("raises one line naming the variables when there is no credential", function()

@@ -168,6 +168,31 @@ function M.install_cli()
   return cli
 end
 
+-- The auth specs' fixture: a fake Graph where `app` (plus the test
+-- certificate's thumbprint) is the registered application, and test
+-- certificates; fresh logs before each test.  Register as with fake_graph:
+--   setup(f.start) teardown(f.stop) before_each(f.fresh)
+function M.identity_fixture(server_opts, app)
+  local f = {}
+  function f.start()
+    f.server = M.start(server_opts)
+    f.certs = M.make_certs()
+  end
+  function f.stop()
+    f.server:stop()
+    f.certs.remove()
+  end
+  function f.fresh()
+    f.server:reset()
+    local registration = { thumbprint = f.certs.thumbprint }
+    for k, v in pairs(app) do registration[k] = v end
+    f.server:app(registration)
+    f.server:log()
+    f.server:tokenlog()
+  end
+  return f
+end
+
 -- The CLI specs' fixture: a fake Graph and the installed command for a
 -- describe block, and env (the variables pointing the command at the
 -- server) fresh for each test.  Register as with fake_graph:

@@ -139,5 +139,13 @@ describe("vpp.count_by", function()
   it("raises on bad arguments", function()
     assert.has_error(function() vpp.count_by(nil, "state") end)
     assert.has_error(function() vpp.count_by({}, 1) end)
+    -- Blamed on the caller's line, as Lua's own argument errors are.
+    local ok, msg = pcall(function() vpp.filter({}, 7) end)
+    assert.is_false(ok)
+    assert.matches("^spec/tokens_spec%.lua:%d+: bad argument #2 to 'filter' %(criteria must be a table, got number%)$", msg)
+    ok, msg = pcall(function() vpp.count_by("x", "state") end)
+    assert.is_false(ok)
+    assert.matches("^spec/tokens_spec%.lua:%d+: bad argument #1 to 'count_by' %(tokens must be a list of token tables, got string%)$",
+      msg)
   end)
 end)

@@ -34,33 +34,6 @@ static const char *const cred_names[] = {"access_token", "access_token function"
 
 /* ---- settings ---------------------------------------------------------- */
 
-/* opts[name] as a non-empty string anchored in uv, or NULL when absent. */
-static const char *opt_string(lua_State *L, int opts, int uv, const char *name) {
-  const char *s;
-  if (!opts) return NULL;
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return NULL;
-  }
-  if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0 || strlen(lua_tostring(L, -1)) != lua_rawlen(L, -1))
-    luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
-  lua_setfield(L, uv, name);
-  lua_getfield(L, uv, name);
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return s;
-}
-
-static const char *anchored(lua_State *L, int uv, const char *name, const char *value) {
-  lua_pushstring(L, value);
-  lua_setfield(L, uv, name);
-  lua_getfield(L, uv, name);
-  value = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return value;
-}
-
 static const cloud *find_cloud(lua_State *L, const char *name) {
   size_t i;
   for (i = 0; i < sizeof clouds / sizeof clouds[0]; i++)
@@ -88,12 +61,12 @@ static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
       if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "client_id") != 0)
         luaL_error(L, "vpp: opts.managed_identity takes only client_id");
     }
-    a->client_id = opt_string(L, mi, uv, "client_id");
+    a->client_id = vpp_string_option(L, mi, uv, "client_id", 0);
   } else if (!lua_isboolean(L, -1)) {
     luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ... }");
   }
   lua_pop(L, 1);
-  a->imds_url = opt_string(L, opts, uv, "imds_url");
+  a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 0);
   if (!a->imds_url) a->imds_url = DEFAULT_IMDS_URL;
 }
 
@@ -106,26 +79,25 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
   memset(a, 0, sizeof *a);
   if (n > 1)
     luaL_error(L, "vpp: choose one credential: access_token, client_secret, client_certificate or managed_identity");
-  name = opt_string(L, opts, uv, "cloud");
+  name = vpp_string_option(L, opts, uv, "cloud", 0);
   cl = find_cloud(L, name ? name : "global");
   a->cloud = cl->name;
   *base_url = cl->graph;
-  a->authority = opt_string(L, opts, uv, "authority");
+  a->authority = vpp_string_option(L, opts, uv, "authority", 0);
   if (!a->authority) a->authority = cl->authority;
-  a->scope = opt_string(L, opts, uv, "scope");
+  a->scope = vpp_string_option(L, opts, uv, "scope", 0);
   if (!a->scope) {
     lua_pushfstring(L, "%s/.default", cl->graph);
-    a->scope = anchored(L, uv, "scope", lua_tostring(L, -1));
-    lua_pop(L, 1);
+    a->scope = vpp_anchor(L, uv, "scope");
   }
   if (present(L, opts, "client_secret") || present(L, opts, "client_certificate")) {
     a->kind = present(L, opts, "client_secret") ? VPP_CRED_SECRET : VPP_CRED_CERTIFICATE;
-    a->tenant_id = opt_string(L, opts, uv, "tenant_id");
-    a->client_id = opt_string(L, opts, uv, "client_id");
+    a->tenant_id = vpp_string_option(L, opts, uv, "tenant_id", 0);
+    a->client_id = vpp_string_option(L, opts, uv, "client_id", 0);
     if (!a->tenant_id || !a->client_id)
       luaL_error(L, "vpp: opts.%s needs opts.tenant_id and opts.client_id", cred_names[a->kind]);
-    a->client_secret = opt_string(L, opts, uv, "client_secret");
-    a->cert_path = opt_string(L, opts, uv, "client_certificate");
+    a->client_secret = vpp_string_option(L, opts, uv, "client_secret", 0);
+    a->cert_path = vpp_string_option(L, opts, uv, "client_certificate", 0);
   } else if (present(L, opts, "managed_identity")) {
     a->kind = VPP_CRED_MANAGED;
     read_managed_identity(L, opts, uv, a);
@@ -150,8 +122,8 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
   if (a->kind != VPP_CRED_CERTIFICATE &&
       (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
     luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
-  a->key_path = opt_string(L, opts, uv, "client_key");
-  a->key_password = opt_string(L, opts, uv, "client_key_password");
+  a->key_path = vpp_string_option(L, opts, uv, "client_key", 0);
+  a->key_password = vpp_string_option(L, opts, uv, "client_key_password", 0);
   if (a->kind != VPP_CRED_MANAGED && present(L, opts, "imds_url"))
     luaL_error(L, "vpp: opts.imds_url goes with opts.managed_identity");
 }

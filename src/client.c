@@ -140,18 +140,10 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
   vpp_rate_init(r, writes, requests, per);
 }
 
-/* A string option stays on the stack (the user value table anchors it). */
-static const char *string_option(lua_State *L, int opts, const char *name, int uv) {
+/* Pops the string on top of the stack into uv[name] and returns it: the
+ * user value table keeps it alive as long as the client. */
+const char *vpp_anchor(lua_State *L, int uv, const char *name) {
   const char *s;
-  if (!get_option(L, opts, name, LUA_TSTRING, "a non-empty string")) return NULL;
-  s = lua_tostring(L, -1);
-  if (!*s) luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
-  {
-    size_t i, n = lua_rawlen(L, -1);
-    for (i = 0; i < n; i++)
-      if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f)
-        luaL_error(L, "vpp: opts.%s must not contain control characters", name);
-  }
   lua_setfield(L, uv, name);
   lua_getfield(L, uv, name);
   s = lua_tostring(L, -1);
@@ -159,8 +151,26 @@ static const char *string_option(lua_State *L, int opts, const char *name, int u
   return s;
 }
 
+/* opts[name] when present: a non-empty string without NUL bytes (C would
+ * see a shorter one), anchored in uv; NULL when absent.  With printable,
+ * control characters are refused too: those strings go into URLs and
+ * request headers. */
+const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable) {
+  const char *s;
+  size_t i, n;
+  if (!get_option(L, opts, name, LUA_TSTRING, "a non-empty string")) return NULL;
+  s = lua_tolstring(L, -1, &n);
+  if (n == 0) luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
+  for (i = 0; i < n; i++) {
+    if (printable && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f))
+      luaL_error(L, "vpp: opts.%s must not contain control characters", name);
+    if (s[i] == '\0') luaL_error(L, "vpp: opts.%s must not contain NUL bytes", name);
+  }
+  return vpp_anchor(L, uv, name);
+}
+
 static const char *read_base_url(lua_State *L, int opts, int uv, const char *dflt, vpp_origin *origin) {
-  const char *s = string_option(L, opts, "base_url", uv);
+  const char *s = vpp_string_option(L, opts, uv, "base_url", 1);
   size_t n;
   if (!s) s = dflt;
   if (strchr(s, '?') || strchr(s, '#') || !vpp_url_origin(s, origin))
@@ -168,21 +178,14 @@ static const char *read_base_url(lua_State *L, int opts, int uv, const char *dfl
   n = strlen(s);
   while (n > 0 && s[n - 1] == '/') n--;
   lua_pushlstring(L, s, n);
-  lua_setfield(L, uv, "base_url");
-  lua_getfield(L, uv, "base_url");
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return s;
+  return vpp_anchor(L, uv, "base_url");
 }
 
 static const char *read_api_version(lua_State *L, int opts, int uv) {
-  const char *s = string_option(L, opts, "api_version", uv), *p;
+  const char *s = vpp_string_option(L, opts, uv, "api_version", 1), *p;
   if (!s) {
     lua_pushliteral(L, "v1.0");
-    lua_setfield(L, uv, "api_version");
-    lua_getfield(L, uv, "api_version");
-    s = lua_tostring(L, -1);
-    lua_pop(L, 1);
+    s = vpp_anchor(L, uv, "api_version");
   }
   for (p = s; *p; p++)
     if (!strchr("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-", *p))
@@ -202,13 +205,8 @@ static void seed_rng(vpp_client *c) {
 
 /* The default User-Agent, kept in the user value table like the others. */
 static const char *default_user_agent(lua_State *L, int uv) {
-  const char *ua;
   lua_pushfstring(L, "lua-vpp/%s libcurl/%s", VPP_VERSION, curl_version_info(CURLVERSION_NOW)->version);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, uv, "user_agent");
-  ua = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return ua;
+  return vpp_anchor(L, uv, "user_agent");
 }
 
 /* vpp.new(opts): validates every setting before anything is acquired. */
@@ -233,8 +231,8 @@ static int client_new(lua_State *L) {
   s.max_retries = (int)integer_option(L, opts, "max_retries", DEFAULT_MAX_RETRIES, 0, 100);
   s.max_retry_delay = number_option(L, opts, "max_retry_delay", DEFAULT_MAX_RETRY_DELAY);
   read_rate_limit(L, opts, &s.rate);
-  s.ca_file = string_option(L, opts, "ca_file", uv);
-  s.user_agent = string_option(L, opts, "user_agent", uv);
+  s.ca_file = vpp_string_option(L, opts, uv, "ca_file", 1);
+  s.user_agent = vpp_string_option(L, opts, uv, "user_agent", 1);
   if (get_option(L, opts, "on_request", LUA_TFUNCTION, "a function")) lua_setfield(L, uv, "on_request");
   if (!s.user_agent) s.user_agent = default_user_agent(L, uv);
   seed_rng(&s);

@@ -147,6 +147,8 @@ int vpp_client_open_lib(lua_State *L);
 vpp_client *vpp_client_check(lua_State *L, int idx);
 uint64_t vpp_client_random(vpp_client *c);
 const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
+const char *vpp_anchor(lua_State *L, int uv, const char *name);
+const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable);
 
 /* transfer.c */
 vpp_transfer *vpp_transfer_new(vpp_client *c);

@@ -52,6 +52,14 @@ function M.parse_time(s)
   return t + 0.0
 end
 
+-- Raises "bad argument #n to 'fname' (what, got <type>)" at the caller's
+-- caller unless v has type t.
+local function check_arg(v, t, n, fname, what)
+  if type(v) ~= t then
+    error(("bad argument #%d to '%s' (%s, got %s)"):format(n, fname, what, type(v)), 3)
+  end
+end
+
 -- One value or a list of them, as a set.
 local function set_of(v, name)
   local set = {}
@@ -82,13 +90,9 @@ local criteria_types = {
 -- default the current time).  A token whose expirationDateTime is missing
 -- or unreadable matches neither expires_within nor expired.
 function M.filter(tokens, criteria)
-  if type(tokens) ~= "table" then
-    error("bad argument #1 to 'filter' (tokens must be a list of token tables, got " .. type(tokens) .. ")", 2)
-  end
+  check_arg(tokens, "table", 1, "filter", "tokens must be a list of token tables")
   criteria = criteria or {}
-  if type(criteria) ~= "table" then
-    error("bad argument #2 to 'filter' (criteria must be a table, got " .. type(criteria) .. ")", 2)
-  end
+  check_arg(criteria, "table", 2, "filter", "criteria must be a table")
   local sets = {}
   for k, v in pairs(criteria) do
     local kind = criteria_types[k]
@@ -128,12 +132,8 @@ end
 --- { [value] = count } of tokens[i][field]; tokens without the field are
 -- not counted.
 function M.count_by(tokens, field)
-  if type(tokens) ~= "table" then
-    error("bad argument #1 to 'count_by' (tokens must be a list of token tables, got " .. type(tokens) .. ")", 2)
-  end
-  if type(field) ~= "string" then
-    error("bad argument #2 to 'count_by' (field must be a string, got " .. type(field) .. ")", 2)
-  end
+  check_arg(tokens, "table", 1, "count_by", "tokens must be a list of token tables")
+  check_arg(field, "string", 2, "count_by", "field must be a string")
   local counts = {}
   for _, t in ipairs(tokens) do
     local v = t[field]
