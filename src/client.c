@@ -233,7 +233,10 @@ static int client_new(lua_State *L) {
   read_rate_limit(L, opts, &s.rate);
   s.ca_file = vpp_string_option(L, opts, uv, "ca_file", 1);
   s.user_agent = vpp_string_option(L, opts, uv, "user_agent", 1);
-  if (get_option(L, opts, "on_request", LUA_TFUNCTION, "a function")) lua_setfield(L, uv, "on_request");
+  if (get_option(L, opts, "on_request", LUA_TFUNCTION, "a function")) {
+    lua_setfield(L, uv, "on_request");
+    s.traced = 1;
+  }
   if (!s.user_agent) s.user_agent = default_user_agent(L, uv);
   seed_rng(&s);
 

@@ -246,13 +246,10 @@ void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const cha
   const vpp_reply *r = &t->reply;
   char *url = NULL;
   double seconds = 0;
+  if (!t->client->traced) return; /* no table lookups per request otherwise */
   lua_getiuservalue(L, client_idx, 1);
   lua_getfield(L, -1, "on_request");
   lua_remove(L, -2);
-  if (!lua_isfunction(L, -1)) {
-    lua_pop(L, 1);
-    return;
-  }
   lua_createtable(L, 0, 8);
   lua_pushstring(L, method);
   lua_setfield(L, -2, "method");

@@ -103,6 +103,7 @@ typedef struct vpp_client {
   double max_retry_delay;
   vpp_ratelimit rate;
   vpp_auth auth;
+  int traced;                  /* has an on_request function */
   unsigned run;                /* counts engine runs */
   vpp_origin origin;
   uint64_t rng[2];             /* client-request-ids and jitter */

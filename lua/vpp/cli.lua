@@ -137,13 +137,8 @@ function Run:say(...)
   if not self.args.quiet then io.stderr:write("vpp: ", ...) io.stderr:write("\n") end
 end
 
--- tostring of a vpp error already starts with "vpp: ".
-local function message_of(err)
-  return (tostring(err):gsub("^vpp: ", ""))
-end
-
 local function fail(err)
-  io.stderr:write("vpp: ", message_of(err), "\n")
+  io.stderr:write("vpp: ", format.message(err), "\n")
   return M.EXIT_FAILURE
 end
 
@@ -185,10 +180,10 @@ function Run:client()
     base_url = graph_url, api_version = a.api_version, cloud = a.cloud, timeout = a.timeout,
     ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil,
   })
-  if not ok then return nil, tostring(settings):gsub("^vpp: ", ""), "credentials" end
+  if not ok then return nil, format.message(settings), "credentials" end
   local made, client = pcall(vpp.new, settings)
   if not made then
-    local message = tostring(client):gsub("^vpp: ", ""):gsub("opts%.([%w_]+)", function(k)
+    local message = format.message(client):gsub("opts%.([%w_]+)", function(k)
       return flag_of[k] or k
     end)
     return nil, message, "settings"
@@ -248,11 +243,6 @@ end
 
 -- ---- sync ----------------------------------------------------------------------
 
-local function error_fields(err)
-  return { kind = err.kind, code = err.code, status = err.status, message = err.message,
-    request_id = err.request_id }
-end
-
 -- One row of a sync report: what happened to one token.
 local function outcome(id, token, result, err, known, detail)
   local t = token or known or {}
@@ -279,7 +269,7 @@ function Run:print_outcomes(rows)
     local out = format.array()
     for i, r in ipairs(rows) do
       out[i] = { id = r.id, displayName = r.displayName, result = r.result, token = redact(r.token),
-        error = r.err and error_fields(r.err) }
+        error = r.err and format.error_fields(r.err) }
     end
     io.stdout:write(format.json(out))
   elseif f == "csv" then

@@ -13,6 +13,8 @@ M.states = { "unknown", "valid", "expired", "invalid", "assignedToExternalMDM", 
 M.sync_statuses = { "none", "inProgress", "completed", "failed" }
 
 local warning_states = { unknown = true, assignedToExternalMDM = true, duplicateLocationId = true }
+local known_states = {}
+for _, s in ipairs(M.states) do known_states[s] = true end
 
 local function plural(n, word)
   return ("%d %s%s"):format(n, word, n == 1 and "" or "s")
@@ -47,18 +49,11 @@ function M.judge(t, opts)
   elseif not days then
     raise(M.WARNING, "no readable expirationDateTime")
   end
-  if warning_states[t.state] or (t.state ~= nil and not M.state_known(t.state)) then
+  if warning_states[t.state] or (t.state ~= nil and not known_states[t.state]) then
     raise(M.WARNING, "state " .. tostring(t.state))
   end
   if t.lastSyncStatus == "failed" then raise(M.WARNING, "last sync failed") end
   return { level = level, reasons = reasons, days = days }
-end
-
-function M.state_known(s)
-  for _, k in ipairs(M.states) do
-    if k == s then return true end
-  end
-  return false
 end
 
 --- Judges every token: { status, summary, perfdata, tokens = {...}, counts }.
@@ -132,16 +127,11 @@ function M.text(report)
 end
 
 local function unknown_summary(err)
-  return "cannot ask Graph: " .. (tostring(err):gsub("^vpp: ", ""))
+  return "cannot ask Graph: " .. format.message(err)
 end
 
 function M.unknown_text(err)
   return status_line(M.UNKNOWN, unknown_summary(err)) .. "\n"
-end
-
-local function error_fields(err)
-  return { kind = err.kind, code = err.code, status = err.status, message = err.message,
-    request_id = err.request_id }
 end
 
 function M.json(report, opts)
@@ -165,7 +155,7 @@ end
 function M.unknown_json(err, opts)
   return format.json({ status = "UNKNOWN", exit_code = M.UNKNOWN, summary = unknown_summary(err),
     checked_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(opts.now)),
-    error = type(err) == "table" and error_fields(err) or { message = tostring(err) } })
+    error = format.error_fields(err) })
 end
 
 -- Prometheus text format: label values escape \, " and newlines.

@@ -79,6 +79,21 @@ function M.json(v, compact)
   return table.concat(out) .. (compact and "" or "\n")
 end
 
+-- ---- errors --------------------------------------------------------------
+
+--- An error (or a message) as one line without the "vpp: " that
+-- tostring(err) starts with: the command adds its own.
+function M.message(err)
+  return (tostring(err):gsub("^vpp: ", ""))
+end
+
+--- The fields of an error that machine output carries.
+function M.error_fields(err)
+  if type(err) ~= "table" then return { message = tostring(err) } end
+  return { kind = err.kind, code = err.code, status = err.status, message = err.message,
+    request_id = err.request_id }
+end
+
 -- ---- CSV ---------------------------------------------------------------
 
 local function csv_field(v)
