@@ -1,11 +1,25 @@
-# lua-vpp: `make demo`, `make`, `make test`, `make valgrind`, `make asan`, `make lint`, `make install PREFIX=DIR`.
+# lua-vpp: `make demo`, `make`, `make test`, `make test-all`, `make valgrind`,
+# `make asan`, `make lint`, `make install PREFIX=DIR`.
+# LUA_VERSION is 5.1, 5.2, 5.3, 5.4 or jit (LuaJIT 2.1, which loads 5.1 modules).
 LUA_VERSION ?= 5.4
+LUA_VERSIONS = 5.1 5.2 5.3 5.4 jit
 PREFIX ?= /usr/local
 DESTDIR ?=
-LUA ?= lua$(LUA_VERSION)
 PKG_CONFIG ?= pkg-config
-LUA_PC ?= lua$(LUA_VERSION)
 BUSTED ?= busted
+
+# Per Lua: the interpreter, its pkg-config name, the module ABI (install
+# paths) and its Debian packages.
+LUA_BIN_jit = luajit
+LUA_ABI_jit = 5.1
+# OpenResty's LuaJIT 2.1: Debian's other luajit conflicts with nginx's Lua module,
+# which the fake Graph needs.
+LUA_DEB_jit = luajit2 libluajit2-5.1-dev
+LUA_DEB_5.1 = lua5.1 liblua5.1-0-dev
+LUA ?= $(or $(LUA_BIN_$(LUA_VERSION)),lua$(LUA_VERSION))
+LUA_PC ?= $(or $(LUA_BIN_$(LUA_VERSION)),lua$(LUA_VERSION))
+LUA_ABI = $(or $(LUA_ABI_$(LUA_VERSION)),$(LUA_VERSION))
+LUA_DEB = $(or $(LUA_DEB_$(LUA_VERSION)),lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev)
 
 LUA_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags $(LUA_PC) 2>/dev/null)
 CURL_CFLAGS ?= $(shell $(PKG_CONFIG) --cflags libcurl 2>/dev/null)
@@ -21,8 +35,8 @@ VPP_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFL
 LDFLAGS_SHARED ?= -shared
 LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
 
-LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_VERSION)
-LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_VERSION)
+LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_ABI)
+LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_ABI)
 BINDIR = $(PREFIX)/bin
 
 # Where the module is built; `make asan` uses a directory of its own.
@@ -32,14 +46,14 @@ OBJS = $(patsubst src/%.c,$(BUILD)/obj/%.o,$(SRCS))
 CORE = $(BUILD)/vpp/core.so
 
 # What `make test` needs on Debian 12; installed when missing (as root).
-DEB_PACKAGES = gcc make pkg-config lua$(LUA_VERSION) liblua$(LUA_VERSION)-dev \
+DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps demo test valgrind asan lint bench install uninstall clean
+.PHONY: all deps demo test test-all valgrind asan lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -47,7 +61,7 @@ $(CORE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SHARED) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
 
-$(BUILD)/obj/%.o: src/%.c src/vpp.h src/curl_codes.h
+$(BUILD)/obj/%.o: src/%.c src/vpp.h src/compat.h src/curl_codes.h
 	@mkdir -p $(dir $@)
 	$(CC) $(VPP_CFLAGS) $(CFLAGS) -c -o $@ $<
 
@@ -62,6 +76,10 @@ demo: deps
 test: deps
 	$(MAKE) all
 	$(BUSTED) --lua=$(LUA) spec
+
+# The suite on every supported Lua, one after the other.
+test-all:
+	@set -e; for v in $(LUA_VERSIONS); do $(MAKE) --no-print-directory test LUA_VERSION=$$v; done
 
 valgrind: deps
 	$(MAKE) all

@@ -18,7 +18,7 @@ local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench"
 
 local function sh(cmd)
   local p = io.popen(cmd)
-  local out = p:read("a")
+  local out = p:read("*a")
   local ok = p:close()
   return out, ok
 end
@@ -85,7 +85,7 @@ local ok_run, failure = pcall(function()
     sh(("/usr/bin/time -o %s -f '%%e %%U %%S' curl -s --parallel --parallel-max %d -d '' %s "
       .. "-H 'Authorization: Bearer bench-token' -H 'Accept: application/json' -w '%%{http_code}\\n' -K %s > %s")
       :format(timing, conc, tls and ("--cacert " .. server.ca_file) or "", cfg_file, codes))
-    local e, u, s = io.open(timing):read("a"):match("([%d.]+) ([%d.]+) ([%d.]+)")
+    local e, u, s = io.open(timing):read("*a"):match("([%d.]+) ([%d.]+) ([%d.]+)")
     local failed = 0
     for code in io.lines(codes) do
       if code ~= "200" then failed = failed + 1 end

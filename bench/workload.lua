@@ -16,7 +16,7 @@ local client = vpp.new {
 
 local function peak_rss_kib()
   local f = io.open("/proc/self/status")
-  local kib = f and tonumber(f:read("a"):match("VmHWM:%s*(%d+)"))
+  local kib = f and tonumber(f:read("*a"):match("VmHWM:%s*(%d+)"))
   if f then f:close() end
   return kib or 0
 end

@@ -5,9 +5,10 @@
 local vpp = require "vpp"
 
 local days = tonumber(arg[1] or "60")
-local client <close> = vpp.new_from_env { base_url = os.getenv("GRAPH_URL") }
+local client = vpp.new_from_env { base_url = os.getenv("GRAPH_URL") }
 
 local tokens, err = client:list_tokens { select = { "id", "displayName", "state", "expirationDateTime" } }
+client:close() -- all that is needed is listed (on Lua 5.4, `local client <close>` also works)
 if not tokens then
   io.stderr:write(tostring(err), "\n")
   os.exit(1)

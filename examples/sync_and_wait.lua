@@ -5,9 +5,10 @@
 --   lua5.4 examples/sync_and_wait.lua
 local vpp = require "vpp"
 
-local client <close> = vpp.new_from_env { base_url = os.getenv("GRAPH_URL") }
+local client = vpp.new_from_env { base_url = os.getenv("GRAPH_URL") }
 
 local report, err = client:sync_all { wait = true, wait_interval = 2, concurrency = 16 }
+client:close() -- (on Lua 5.4, `local client <close>` also works)
 if not report then
   io.stderr:write("cannot list the tokens: ", tostring(err), "\n")
   os.exit(1)

@@ -5,20 +5,20 @@ local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
+local proc = require "proc"
 
 local M = {}
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 
 local function sh(cmd)
-  local ok = os.execute(cmd .. " >/dev/null 2>&1")
-  return ok == true or ok == 0
+  return (proc.execute(cmd .. " >/dev/null 2>&1"))
 end
 
 local function read(path)
   local f = io.open(path, "rb")
   if not f then return nil end
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -39,7 +39,7 @@ end
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end
   local p = io.popen("cd '" .. path .. "' && pwd")
-  local out = p:read("l")
+  local out = p:read("*l")
   p:close()
   return out
 end
@@ -80,7 +80,7 @@ Server.__index = Server
 function M.start(opts)
   opts = opts or {}
   local p = io.popen("mktemp -d /tmp/fake-graph.XXXXXX")
-  local dir = p:read("l")
+  local dir = p:read("*l")
   p:close()
   assert(dir and dir ~= "", "mktemp failed")
   sh("chmod 755 " .. dir)
@@ -177,7 +177,7 @@ end
 if arg and arg[0] and arg[0]:match("launcher%.lua$") then
   local s = M.start { tls = true, tokens = tonumber(arg[1]) or 40 }
   print(("fake Graph at %s and %s (CA %s); Enter stops it"):format(s.url, s.tls_url, s.ca_file))
-  io.read("l")
+  io.read("*l")
   s:stop()
 end
 

@@ -156,15 +156,15 @@ describe("authentication", function()
       assert.is_true(claims.exp > claims.iat and claims.exp - claims.iat <= 3600)
       -- the signature, checked by openssl with the certificate's public key
       local input, sigfile = fx.certs.dir .. "/signed.txt", fx.certs.dir .. "/sig.bin"
-      assert(io.open(input, "wb")):write(signed):close()
-      assert(io.open(sigfile, "wb")):write(support.b64url_decode(sig)):close()
+      support.write_file(input, signed)
+      support.write_file(sigfile, support.b64url_decode(sig))
       local out = io.popen(("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32"
-        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("a")
+        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("*a")
       assert.matches("Verified OK", out)
       -- and a tampered assertion does not verify
-      assert(io.open(input, "wb")):write(signed .. "x"):close()
+      support.write_file(input, signed .. "x")
       out = io.popen(("openssl dgst -sha256 -sigopt rsa_padding_mode:pss -sigopt rsa_pss_saltlen:32"
-        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("a")
+        .. " -verify %s -signature %s %s 2>&1"):format(fx.certs.pubkey, sigfile, input)):read("*a")
       assert.not_matches("Verified OK", out)
       assert.is_string(jwt)
     end)

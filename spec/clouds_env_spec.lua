@@ -103,7 +103,7 @@ describe("vpp.new_from_env", function()
   it("uses AZURE_CLIENT_CERTIFICATE_PATH and AZURE_CLIENT_CERTIFICATE_PASSWORD", function()
     -- a PEM holding the certificate and the key encrypted with the password
     local pem = fx.certs.dir .. "/env.pem"
-    assert(io.open(pem, "wb")):write(support.slurp(fx.certs.cert), support.slurp(fx.certs.encrypted_key)):close()
+    support.write_file(pem, support.slurp(fx.certs.cert), support.slurp(fx.certs.encrypted_key))
     local out = run(("AZURE_TENANT_ID=env-tenant AZURE_CLIENT_ID=env-app AZURE_CLIENT_CERTIFICATE_PATH=%s"
       .. " AZURE_CLIENT_CERTIFICATE_PASSWORD='%s' AZURE_AUTHORITY_HOST=%s"):format(pem, fx.certs.password, fx.server.url))
     assert.equal("listed 2 client_certificate", out)

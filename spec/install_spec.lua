@@ -2,18 +2,18 @@
 -- source tree, that talks to the fake Graph.
 local support = require "support"
 
-local version = _VERSION:match("%d+%.%d+")
+local proc = require "proc"
+
+local version, abi = support.LUA_VERSION, support.LUA_ABI
 
 local function sh(cmd)
-  local p = io.popen(cmd .. " 2>&1")
-  local out = p:read("a")
-  local ok = p:close()
+  local out, ok = proc.capture(cmd)
   return ok, out
 end
 
 local function tmpdir()
   local p = io.popen("mktemp -d /tmp/lua-vpp-install.XXXXXX")
-  local dir = p:read("l")
+  local dir = p:read("*l")
   p:close()
   return dir
 end
@@ -22,7 +22,14 @@ end
 local function works_from(tree, server)
   local code = ([[
     local vpp = require "vpp"
-    assert(package.searchpath("vpp.core", package.cpath):find(%q, 1, true), "not the installed module")
+    local function searchpath(name, path) -- package.searchpath is 5.2+
+      for t in path:gmatch("[^;]+") do
+        local f = t:gsub("%%?", (name:gsub("%%.", "/")))
+        local h = io.open(f)
+        if h then h:close() return f end
+      end
+    end
+    assert(searchpath("vpp.core", package.cpath):find(%q, 1, true), "not the installed module")
     local c = vpp.new { access_token = "t", base_url = %q }
     local list = assert(c:list_tokens())
     local tok = assert(c:sync_licenses(list[1].id))
@@ -33,8 +40,8 @@ local function works_from(tree, server)
   local h = assert(io.open(f, "w"))
   h:write(code)
   h:close()
-  local ok, out = sh(("cd /tmp && LUA_PATH='%s/share/lua/%s/?.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' lua%s %s")
-    :format(tree, version, tree, version, version, f))
+  local ok, out = sh(("cd /tmp && LUA_PATH='%s/share/lua/%s/?.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' %s %s")
+    :format(tree, abi, tree, abi, support.LUA, f))
   os.remove(f)
   return ok, out
 end
@@ -53,8 +60,8 @@ describe("installation", function()
     dirs[#dirs + 1] = dir
     local ok, out = sh(("make -s install PREFIX=%s LUA_VERSION=%s"):format(dir, version))
     assert.is_true(ok, out)
-    assert.truthy(io.open(("%s/share/lua/%s/vpp.lua"):format(dir, version)))
-    assert.truthy(io.open(("%s/lib/lua/%s/vpp/core.so"):format(dir, version)))
+    assert.truthy(io.open(("%s/share/lua/%s/vpp.lua"):format(dir, abi)))
+    assert.truthy(io.open(("%s/lib/lua/%s/vpp/core.so"):format(dir, abi)))
     local ran, result = works_from(dir, server)
     assert.is_true(ran, result)
     assert.equal("3 inProgress", result)
@@ -63,11 +70,11 @@ describe("installation", function()
   it("the rockspec installs a working module with luarocks make, offline", function()
     local dir = tmpdir()
     dirs[#dirs + 1] = dir
-    local rockspec = assert(io.popen("ls lua-vpp-*.rockspec"):read("l"))
+    local rockspec = assert(io.popen("ls lua-vpp-*.rockspec"):read("*l"))
     -- luarocks builds in the source tree: give it a copy, not the checkout.
     local ok, out = sh(("mkdir %s/src-copy && cp -r src lua bin %s %s/src-copy/ && cd %s/src-copy && "
       .. "luarocks --lua-version=%s make --deps-mode=none --tree %s/tree %s")
-      :format(dir, rockspec, dir, dir, version, dir, rockspec))
+      :format(dir, rockspec, dir, dir, abi, dir, rockspec))
     dir = dir .. "/tree"
     assert.is_true(ok, out)
     local ran, result = works_from(dir, server)
@@ -80,7 +87,7 @@ describe("installation", function()
   end)
 
   it("the rockspec installs every Lua module in lua/", function()
-    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("l")))):read("a")
+    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("*l")))):read("*a")
     local p = io.popen("cd lua && find . -name '*.lua'")
     for f in p:lines() do
       local path = "lua/" .. f:gsub("^%./", "")
@@ -90,7 +97,7 @@ describe("installation", function()
   end)
 
   it("the rockspec builds every C file in src/", function()
-    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("l")))):read("a")
+    local rockspec = assert(io.open(assert(io.popen("ls lua-vpp-*.rockspec"):read("*l")))):read("*a")
     local listed = {}
     for f in rockspec:gmatch('"(src/[%w_]+%.c)"') do listed[f] = true end
     local p = io.popen("ls src/*.c")

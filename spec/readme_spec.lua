@@ -3,7 +3,7 @@ local support = require "support"
 
 describe("the README", function()
   it("has a first Lua example that runs and syncs the valid tokens", function()
-    local readme = assert(io.open("README.md")):read("a")
+    local readme = assert(io.open("README.md")):read("*a")
     local example = assert(readme:match("```lua\n(.-)```"), "no Lua example")
     local server = support.start { tokens = 6 }
     finally(function() server:stop() end)
@@ -20,7 +20,7 @@ describe("the README", function()
   end)
 
   it("opens with make demo, then make test", function()
-    local readme = assert(io.open("README.md")):read("a")
+    local readme = assert(io.open("README.md")):read("*a")
     local first, second = readme:match("```sh\n(make [%w-]+)[^\n]*\n(make [%w-]+)")
     assert.same({ "make demo", "make test" }, { first, second })
   end)

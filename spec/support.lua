@@ -1,9 +1,16 @@
 -- Helpers for the specs: the fake server, clients pointed at it, and
 -- checks that a secret appears nowhere in a value.
 local launcher = require "launcher"
+local proc = require "proc"
 local vpp = require "vpp"
 
 local M = {}
+
+--- The Lua under test: as the Makefile names it (5.1 ... 5.4, or jit), its
+-- module ABI (install paths: 5.1 for LuaJIT) and its interpreter.
+M.LUA_ABI = _VERSION:match("%d+%.%d+")
+M.LUA_VERSION = type(jit) == "table" and "jit" or M.LUA_ABI
+M.LUA = type(jit) == "table" and "luajit" or "lua" .. M.LUA_ABI
 
 M.TOKEN = "eyJ0eXAi.SECRET-bearer-token-d41d8cd9"
 
@@ -72,22 +79,26 @@ function M.run_lua(code, env)
     interp = arg[i]
     i = i - 1
   end
-  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s 2>&1"):format(env or "", package.path, package.cpath, interp, f)
-  local p = io.popen(cmd)
-  local out = p:read("a")
-  local ok, _, code_ = p:close()
+  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s"):format(env or "", package.path, package.cpath, interp, f)
+  local out, ok, code_ = proc.capture(cmd)
   os.remove(f)
   return out, ok, code_
 end
 
 local function sh(cmd)
-  local ok = os.execute(cmd .. " >/dev/null 2>&1")
-  assert(ok == true or ok == 0, "failed: " .. cmd)
+  assert(proc.execute(cmd .. " >/dev/null 2>&1"), "failed: " .. cmd)
 end
+
+local function write_file(path, ...)
+  local f = assert(io.open(path, "wb"))
+  f:write(...) -- returns no file to chain on before Lua 5.2
+  f:close()
+end
+M.write_file = write_file
 
 local function slurp(path)
   local f = assert(io.open(path, "rb"))
-  local s = f:read("a")
+  local s = f:read("*a")
   f:close()
   return s
 end
@@ -97,7 +108,7 @@ M.slurp = slurp
 -- key (apart, together, and with the key encrypted), a key of another
 -- certificate, an EC certificate, and the certificate's x5t#S256.
 function M.make_certs()
-  local dir = io.popen("mktemp -d /tmp/lua-vpp-certs.XXXXXX"):read("l")
+  local dir = io.popen("mktemp -d /tmp/lua-vpp-certs.XXXXXX"):read("*l")
   local c = {
     dir = dir, cert = dir .. "/cert.pem", key = dir .. "/key.pem", combined = dir .. "/combined.pem",
     encrypted_key = dir .. "/key-enc.pem", password = "p@ss word&=+%", other_key = dir .. "/other.pem",
@@ -105,16 +116,15 @@ function M.make_certs()
   }
   sh(("openssl req -x509 -newkey rsa:2048 -nodes -keyout %s -out %s -days 2 -subj /CN=lua-vpp-test-app")
     :format(c.key, c.cert))
-  local function concat(out, a, b) assert(io.open(out, "wb")):write(slurp(a), slurp(b)):close() end
-  concat(c.combined, c.cert, c.key)
+  write_file(c.combined, slurp(c.cert), slurp(c.key))
   sh(("openssl pkey -in %s -aes256 -passout 'pass:%s' -out %s"):format(c.key, c.password, c.encrypted_key))
   sh(("openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out %s"):format(c.other_key))
   sh(("openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout %s/eckey.pem"
     .. " -out %s/eccert.pem -days 2 -subj /CN=ec"):format(dir, dir))
-  concat(c.ec_combined, dir .. "/eccert.pem", dir .. "/eckey.pem")
-  assert(io.open(c.pubkey, "wb")):write(io.popen(("openssl x509 -in %s -pubkey -noout"):format(c.cert)):read("a")):close()
+  write_file(c.ec_combined, slurp(dir .. "/eccert.pem"), slurp(dir .. "/eckey.pem"))
+  write_file(c.pubkey, io.popen(("openssl x509 -in %s -pubkey -noout"):format(c.cert)):read("*a"))
   c.thumbprint = io.popen(("openssl x509 -in %s -outform DER | openssl dgst -sha256 -binary | base64 -w0"
-    .. " | tr '+/' '-_' | tr -d '='"):format(c.cert)):read("l")
+    .. " | tr '+/' '-_' | tr -d '='"):format(c.cert)):read("*l")
   c.key_pem = slurp(c.key)
   function c.remove() os.execute("rm -rf " .. dir) end
   return c
@@ -135,9 +145,8 @@ M.quote = quote
 --- The vpp command installed as a user would (make install PREFIX=dir);
 -- cli.remove() deletes it.
 function M.install_cli()
-  local dir = io.popen("mktemp -d /tmp/lua-vpp-cli.XXXXXX"):read("l")
-  local version = _VERSION:match("%d+%.%d+")
-  sh(("make -s install PREFIX=%s LUA_VERSION=%s"):format(dir, version))
+  local dir = io.popen("mktemp -d /tmp/lua-vpp-cli.XXXXXX"):read("*l")
+  sh(("make -s install PREFIX=%s LUA_VERSION=%s"):format(dir, M.LUA_VERSION))
   local cli = { prefix = dir, bin = dir .. "/bin/vpp" }
   function cli.remove() os.execute("rm -rf " .. dir) end
 
@@ -159,8 +168,8 @@ function M.install_cli()
     else
       line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
     end
-    local ok, _, code = os.execute(line)
-    local r = { code = ok and 0 or code, out = slurp(out), err = slurp(err) }
+    local _, code = proc.execute(line)
+    local r = { code = code, out = slurp(out), err = slurp(err) }
     os.remove(out)
     os.remove(err)
     return r

@@ -19,7 +19,7 @@ describe("vpp.parse_time", function()
     near(2147483648, vpp.parse_time("2038-01-19T03:14:08Z"))
     near(4107542400.5, vpp.parse_time("2100-03-01T00:00:00.5Z"))
     near(-62135596800, vpp.parse_time("0001-01-01T00:00:00Z")) -- Graph's "never"
-    assert.equal("float", math.type(vpp.parse_time("1970-01-01T00:00:00Z")))
+    if math.type then assert.equal("float", math.type(vpp.parse_time("1970-01-01T00:00:00Z"))) end
   end)
 
   it("is the same instant whatever the offset", function()

@@ -37,10 +37,15 @@ size_t vpp_url_encode(char *out, const char *in, size_t len) {
   return n;
 }
 
-/* Adds s percent-encoded: used for path segments and query values alike. */
+/* Adds s percent-encoded: used for path segments and query values alike.
+ * In pieces that fit luaL_prepbuffer's space, which is all Lua 5.1 offers. */
 void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len) {
-  char *p = luaL_prepbuffsize(b, 3 * len);
-  luaL_addsize(b, vpp_url_encode(p, s, len));
+  while (len > 0) {
+    size_t n = len < LUAL_BUFFERSIZE / 3 ? len : LUAL_BUFFERSIZE / 3;
+    luaL_addsize(b, vpp_url_encode(luaL_prepbuffer(b), s, n));
+    s += n;
+    len -= n;
+  }
 }
 
 static int copy_lower(char *dst, size_t size, const char *src) {

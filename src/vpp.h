@@ -9,6 +9,8 @@
 #include <lua.h>
 #include <lauxlib.h>
 
+#include "compat.h"
+
 #define VPP_VERSION "0.1.0"
 #define VPP_CLIENT_MT "vpp.client"
 #define VPP_ERROR_MT "vpp.error"

@@ -27,7 +27,7 @@ local function number_arg(flag, opts)
       or (opts.positive and n <= 0) then
       return nil, ("%s must be %s, got '%s'"):format(flag, opts.what, s)
     end
-    return opts.integer and math.tointeger(n) or n
+    return opts.integer and math.floor(n) or n
   end
 end
 
@@ -493,9 +493,9 @@ function M.main(args)
   for _, a in ipairs(args) do
     if a == "-v" or a == "--verbose" then verbose = true end
   end
-  local ok, code = xpcall(run, function(e)
+  local ok, code = xpcall(function() return run(args) end, function(e) -- no xpcall arguments in 5.1
     return verbose and debug.traceback(tostring(e), 2) or tostring(e)
-  end, args)
+  end)
   if not ok then
     io.stderr:write("vpp: internal error: ", tostring(code), "\n")
     return M.EXIT_SOFTWARE

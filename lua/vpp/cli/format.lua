@@ -33,6 +33,8 @@ local function encode(v, key, indent, out)
       out[#out + 1] = "null"
     elseif math.type and math.type(v) == "integer" then
       out[#out + 1] = tostring(v)
+    elseif not math.type and v % 1 == 0 and math.abs(v) < 2 ^ 53 then -- Lua before 5.3
+      out[#out + 1] = string.format("%.0f", v)
     else
       out[#out + 1] = string.format("%.14g", v)
     end
@@ -126,9 +128,12 @@ function M.use_colour(fd)
   return (no == nil or no == "") and core._isatty(fd)
 end
 
-local function width(s)
-  return utf8.len(s) or #s
+--- Columns a string takes: its UTF-8 characters (bytes that do not continue
+-- a sequence), on every Lua (utf8 is 5.3+).
+function M.width(s)
+  return select(2, s:gsub("[^\128-\191]", ""))
 end
+local width = M.width
 
 --- Aligned columns: cells are strings or { text, colour }; the header is
 -- bold.  Colour codes are left out when colour is false.

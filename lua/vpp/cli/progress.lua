@@ -1,6 +1,7 @@
 --- A live progress line on stderr (done/total, failures, rate, ETA) for long
 -- batch runs; only on a terminal, so logs and cron mail stay clean.
 local core = require "vpp.core"
+local format = require "vpp.cli.format"
 
 local M = {}
 M.__index = M
@@ -16,8 +17,8 @@ function M.new(label, total, enabled)
 end
 
 local function duration(s)
-  if s >= 3600 then return ("%dh%02dm"):format(s // 3600, s % 3600 // 60) end
-  if s >= 60 then return ("%dm%02ds"):format(s // 60, s % 60) end
+  if s >= 3600 then return ("%dh%02dm"):format(math.floor(s / 3600), math.floor(s % 3600 / 60)) end
+  if s >= 60 then return ("%dm%02ds"):format(math.floor(s / 60), math.floor(s % 60)) end
   return ("%ds"):format(math.ceil(s))
 end
 
@@ -50,7 +51,7 @@ end
 -- return and no escape sequence, so NO_COLOR terminals get none either.
 function M:draw(tail)
   local line = self:line()
-  local width = utf8.len(line) or #line
+  local width = format.width(line)
   io.stderr:write("\r", line, string.rep(" ", (self.width or 0) - width), tail)
   io.stderr:flush()
   self.width = width
