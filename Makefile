@@ -53,7 +53,7 @@ DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps demo test test-all valgrind asan lint bench install uninstall clean
+.PHONY: all deps demo test test-all valgrind asan tsan lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -91,18 +91,33 @@ valgrind: deps
 # The suite with AddressSanitizer (leaks included) and UBSan: the module
 # and a small Lua host built instrumented, any report fails the run.
 # MAKEFLAGS is dropped so that the specs' own `make install` builds the
-# plain module for plain lua.
+# plain module for plain lua.  Then the embedding host with each Lua
+# allocation failing in turn (spec/host/): a memory error or a result,
+# never a crash, a hang or a leak.
 SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 ASAN_BUILD = build/asan-$(LUA_VERSION)
+ASAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
+  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=99
+LUA_LIBS = $$($(PKG_CONFIG) --libs $(LUA_PC))
 asan: deps
 	$(MAKE) all BUILD=$(ASAN_BUILD) CFLAGS="-O1 -g $(SANITIZE)" LDFLAGS="$(SANITIZE)"
-	$(CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $(ASAN_BUILD)/lua_host spec/host/lua_host.c \
-	  $$($(PKG_CONFIG) --libs $(LUA_PC))
-	env -u MAKEFLAGS -u MFLAGS VPP_BUILD=$(ASAN_BUILD) LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' \
-	  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=99 \
-	  UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=99 \
+	$(CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $(ASAN_BUILD)/lua_host spec/host/lua_host.c $(LUA_LIBS)
+	$(CC) -O1 -g $(SANITIZE) $(LUA_CFLAGS) -o $(ASAN_BUILD)/embed_host spec/host/embed_host.c $(LUA_LIBS) -lpthread -ldl
+	env -u MAKEFLAGS -u MFLAGS VPP_BUILD=$(ASAN_BUILD) LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' $(ASAN_ENV) \
 	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/lsan.supp:print_suppressions=0 \
 	  $(ASAN_BUILD)/lua_host spec/run_busted.lua spec
+	LUA_CPATH='$(CURDIR)/$(ASAN_BUILD)/?.so;;' $(ASAN_ENV) \
+	  LSAN_OPTIONS=suppressions=$(CURDIR)/spec/host/lsan-alloc.supp:print_suppressions=0 \
+	  $(LUA) spec/host/run.lua $(ASAN_BUILD)/embed_host alloc
+
+# Two threads, each with its own lua_State, syncing at once through the
+# module, under ThreadSanitizer: any data race fails the run.
+TSAN_BUILD = build/tsan-$(LUA_VERSION)
+tsan: deps
+	$(MAKE) all BUILD=$(TSAN_BUILD) CFLAGS="-O1 -g -fsanitize=thread" LDFLAGS="-fsanitize=thread"
+	$(CC) -O1 -g -fsanitize=thread $(LUA_CFLAGS) -o $(TSAN_BUILD)/embed_host spec/host/embed_host.c $(LUA_LIBS) -lpthread -ldl
+	LUA_CPATH='$(CURDIR)/$(TSAN_BUILD)/?.so;;' TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
+	  $(LUA) spec/host/run.lua $(TSAN_BUILD)/embed_host threads 20
 
 # lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
 bench: deps

@@ -17,7 +17,7 @@ description = {
   labels = { "intune", "graph", "vpp", "apple", "curl" },
 }
 dependencies = {
-  "lua >= 5.4, < 5.5",
+  "lua >= 5.1, < 5.5", -- and LuaJIT 2.1
   "lua-cjson >= 2.1.0",
   "argparse >= 0.6", -- the vpp command only
 }

@@ -51,11 +51,14 @@ static void normalize(lua_State *L, int t) {
 }
 
 /* Pushes the decoded body and returns 1, or pushes cjson's message and
- * returns 0. */
+ * returns 0.  Running out of memory is not a bad body: it propagates. */
 int vpp_decode_body(lua_State *L, const char *data, size_t len) {
+  int status;
   lua_getfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
   lua_pushlstring(L, data, len);
-  if (lua_pcall(L, 1, 1, 0) != LUA_OK) return 0;
+  status = lua_pcall(L, 1, 1, 0);
+  if (status == LUA_ERRMEM) lua_error(L);
+  if (status != LUA_OK) return 0;
   if (lua_type(L, -1) == LUA_TTABLE) normalize(L, lua_gettop(L));
   return 1;
 }

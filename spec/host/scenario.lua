@@ -1,0 +1,38 @@
+-- What spec/host/embed_host drives through lua-vpp, again and again: a
+-- list that takes three pages, a sync, a batch with a failure in it, a get
+-- that fails, and a server that is not there.  GRAPH_URL is a fake Graph of
+-- 5 tokens, 2 per page (spec/host/run.lua starts it).  The chunk returns
+-- the function the host runs; it returns a summary, and anything unexpected
+-- raises (with allocations failing, only a memory error may).
+local vpp = require "vpp" -- loaded before allocations start failing: a Lua
+-- module that cannot be compiled is require's error, not lua-vpp's
+
+return function()
+  -- luaopen_vpp_core once more, with allocations failing
+  package.loaded["vpp.core"] = nil
+  require "vpp.core"
+
+  local url = assert(os.getenv("GRAPH_URL"), "GRAPH_URL is not set")
+  local c = vpp.new { access_token = "embed-host-token", base_url = url, timeout = 20, max_retries = 0 }
+
+  local list = assert(c:list_tokens())
+  assert(#list == 5, "listed " .. #list .. " tokens")
+
+  local tok = assert(c:sync_licenses(list[1].id))
+  assert(tok.id == list[1].id, "synced another token")
+
+  local results = assert(c:sync_many({ list[2].id, "no-such-token", list[3].id }, { concurrency = 2 }))
+  assert(results.ok == 2 and results.failed == 1, "batch: " .. results.ok .. " ok, " .. results.failed .. " failed")
+  assert(results[2].err.status == 404, "batch: " .. tostring(results[2].err))
+
+  local none, err = c:get_token("no-such-token")
+  assert(none == nil and vpp.is_error(err) and err.status == 404, "get: " .. tostring(err))
+  c:close()
+
+  local down = vpp.new { access_token = "embed-host-token", base_url = "http://127.0.0.1:9", max_retries = 0 }
+  local nothing, derr = down:get_token("x")
+  assert(nothing == nil and derr.code == "COULDNT_CONNECT", "down: " .. tostring(derr))
+  down:close()
+
+  return ("listed %d, synced %s, batch %d/%d"):format(#list, tok.id, results.ok, #results)
+end
