@@ -53,7 +53,7 @@ DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps demo test test-all valgrind asan tsan lint bench install uninstall clean
+.PHONY: all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -118,6 +118,28 @@ tsan: deps
 	$(CC) -O1 -g -fsanitize=thread $(LUA_CFLAGS) -o $(TSAN_BUILD)/embed_host spec/host/embed_host.c $(LUA_LIBS) -lpthread -ldl
 	LUA_CPATH='$(CURDIR)/$(TSAN_BUILD)/?.so;;' TSAN_OPTIONS=halt_on_error=1:exitcode=66 \
 	  $(LUA) spec/host/run.lua $(TSAN_BUILD)/embed_host threads 20
+
+# libFuzzer on every parser of untrusted input (fuzz/): each target runs
+# FUZZ_SECONDS from the seed corpus in fuzz/corpus/<target>; what it finds
+# new goes to build/fuzz/corpus/<target>, crashes to build/fuzz/.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = $(patsubst fuzz/fuzz_%.c,%,$(wildcard fuzz/fuzz_*.c))
+FUZZ_BUILD = build/fuzz-$(LUA_VERSION)
+FUZZ_SANITIZE = -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+fuzz: deps
+	@sh .ci/deps.sh clang libclang-rt-14-dev
+	$(MAKE) all CC=clang BUILD=$(FUZZ_BUILD) CFLAGS="-O1 -g -fsanitize=fuzzer-no-link $(FUZZ_SANITIZE)" LDFLAGS="$(FUZZ_SANITIZE)"
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  clang -O1 -g -fsanitize=fuzzer $(FUZZ_SANITIZE) $(VPP_CFLAGS) -o $(FUZZ_BUILD)/fuzz_$$t fuzz/fuzz_$$t.c \
+	    $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(SRCS)) $(LUA_LIBS) $(LIBS); \
+	  mkdir -p $(FUZZ_BUILD)/corpus/$$t; \
+	  if ! ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(FUZZ_BUILD)/fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -max_len=65536 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_BUILD)/$$t- $(FUZZ_BUILD)/corpus/$$t fuzz/corpus/$$t >$(FUZZ_BUILD)/$$t.log 2>&1; then \
+	    tail -40 $(FUZZ_BUILD)/$$t.log; echo "fuzz $$t: FAILED (log: $(FUZZ_BUILD)/$$t.log)"; exit 1; \
+	  fi; \
+	  echo "fuzz $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_BUILD)/$$t.log) inputs in $(FUZZ_SECONDS) s, no finding"; \
+	done
 
 # lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
 bench: deps

@@ -69,6 +69,13 @@ describe("run-time errors", function()
       assert.matches("HTTP 502", err.message)
     end)
 
+    it("always has a message, even when Graph's is empty (found by make fuzz)", function()
+      f.server:program("x", { { status = 409, body = '{"error":{"code":"Conflict","message":""}}' } })
+      local err = fails(f.client:get_token("x"))
+      assert.equal("Conflict", err.code)
+      assert.matches("HTTP 409", err.message)
+    end)
+
     it("does not treat a list page error as a partial success", function()
       f.server:program("@list", { { status = 500, error = "InternalServerError" } })
       local err = fails(f.client:list_tokens())

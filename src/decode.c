@@ -161,7 +161,8 @@ static int http_error(lua_State *L, vpp_reply *r) {
       }
     }
   }
-  if (!message) message = lua_pushfstring(L, "HTTP %d without a Graph error body", (int)r->status);
+  if (!message || !*message) /* err.message is never missing, even for {"message": ""} */
+    message = lua_pushfstring(L, "HTTP %d without a Graph error body", (int)r->status);
   vpp_error_push(L, "http", r->status, code, message, r);
   /* Move nil, err below the scratch values, then drop those. */
   lua_insert(L, top + 1);

@@ -19,10 +19,10 @@ static int only_dots(const char *in, size_t len) {
 /* Writes at most 3 * len bytes to out; returns how many.  Everything but the
  * RFC 3986 unreserved characters is encoded, so "/", "?", "#" and "%" stay
  * inside the segment; a segment of dots alone ("." or "..") is encoded too,
- * since it would otherwise be read as a relative path step. */
-size_t vpp_url_encode(char *out, const char *in, size_t len) {
+ * since it would otherwise be read as a relative path step.  `dots` says
+ * whether the whole segment is dots, which a piece of it cannot tell. */
+static size_t encode(char *out, const char *in, size_t len, int dots) {
   static const char hex[] = "0123456789ABCDEF";
-  int dots = only_dots(in, len);
   size_t i, n = 0;
   for (i = 0; i < len; i++) {
     unsigned char ch = (unsigned char)in[i];
@@ -37,12 +37,17 @@ size_t vpp_url_encode(char *out, const char *in, size_t len) {
   return n;
 }
 
+size_t vpp_url_encode(char *out, const char *in, size_t len) {
+  return encode(out, in, len, only_dots(in, len));
+}
+
 /* Adds s percent-encoded: used for path segments and query values alike.
  * In pieces that fit luaL_prepbuffer's space, which is all Lua 5.1 offers. */
 void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len) {
+  int dots = only_dots(s, len);
   while (len > 0) {
     size_t n = len < LUAL_BUFFERSIZE / 3 ? len : LUAL_BUFFERSIZE / 3;
-    luaL_addsize(b, vpp_url_encode(luaL_prepbuffer(b), s, n));
+    luaL_addsize(b, encode(luaL_prepbuffer(b), s, n, dots));
     s += n;
     len -= n;
   }
