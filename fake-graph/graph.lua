@@ -83,6 +83,21 @@ local function serve_program(r)
   end
   if r.error then return graph_error(r.status or 500, r.error, r.message or r.error, r.headers) end
   local body = r.body or (r.json and cjson.encode(r.json)) or ""
+  if r.body_base64 then body = ngx.decode_base64(r.body_base64) end -- binary bodies (gzip)
+  if r.stall or r.chunked_cut then
+    -- Chunked (no Content-Length): part of the body, then either a stall of
+    -- stall.seconds before the rest, or the connection closed without the
+    -- last chunk.
+    ngx.status = r.status or 200
+    ngx.header["Content-Type"] = "application/json"
+    local part = r.chunked_cut or r.stall.after
+    ngx.print(body:sub(1, part))
+    ngx.flush(true)
+    if r.chunked_cut then return ngx.exit(ngx.ERROR) end
+    ngx.sleep(r.stall.seconds)
+    ngx.print(body:sub(part + 1))
+    return ngx.exit(ngx.status)
+  end
   if r.big then
     body = '{"id":"big","pad":"' .. string.rep("x", r.big) .. '"}'
   end
@@ -363,6 +378,7 @@ end
 local function read_json_body()
   ngx.req.read_body()
   local data = ngx.req.get_body_data()
+  assert(data or not ngx.req.get_body_file(), "admin body too large for client_body_buffer_size")
   return data and cjson.decode(data) or {}
 end
 

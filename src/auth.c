@@ -287,13 +287,9 @@ static int build_request(vpp_client *c, vpp_buf *url, vpp_buf *form, vpp_jwt_err
  * secret or the assertion are wiped and freed before any Lua runs. */
 static int send_request(vpp_client *c, vpp_transfer *t, vpp_jwt_error *e) {
   vpp_buf url = {0}, form = {0};
-  vpp_reply *r = &t->reply;
   int ok = build_request(c, &url, &form, e);
   if (ok) {
-    r->body.len = 0;
-    r->status = 0;
-    r->too_large = r->out_of_memory = 0;
-    r->request_id[0] = r->curl_message[0] = '\0';
+    vpp_transfer_reset(t);
     t->headers = curl_slist_append(NULL, "Accept: application/json");
     if (c->auth.kind == VPP_CRED_MANAGED && t->headers) curl_slist_append(t->headers, "Metadata: true");
     curl_easy_setopt(t->easy, CURLOPT_URL, url.data);
@@ -304,8 +300,7 @@ static int send_request(vpp_client *c, vpp_transfer *t, vpp_jwt_error *e) {
       curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, form.data);
       curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)form.len);
     }
-    r->curl_code = curl_easy_perform(t->easy);
-    curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &r->status);
+    vpp_transfer_finish(t, curl_easy_perform(t->easy));
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, NULL);
     vpp_transfer_release(t);
   }

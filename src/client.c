@@ -20,7 +20,7 @@
 #define DEFAULT_RATE_PER 20.0
 
 static const char *const option_names[] = {
-    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "ca_file", "user_agent",
+    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "stall_timeout", "ca_file", "user_agent",
     "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", "tenant_id", "client_id",
     "client_secret", "client_certificate", "client_key", "client_key_password", "managed_identity",
     "imds_url", "authority", "scope", "cloud", "on_request", NULL};
@@ -226,6 +226,7 @@ static int client_new(lua_State *L) {
   s.api_version = read_api_version(L, opts, uv);
   s.timeout_ms = (long)(number_option(L, opts, "timeout", 60) * 1000);
   s.connect_timeout_ms = (long)(number_option(L, opts, "connect_timeout", 10) * 1000);
+  s.stall_seconds = number_option(L, opts, "stall_timeout", 30);
   max_bytes = integer_option(L, opts, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, 1, 0x7fffffff);
   s.max_response_bytes = (size_t)max_bytes;
   s.max_retries = (int)integer_option(L, opts, "max_retries", DEFAULT_MAX_RETRIES, 0, 100);

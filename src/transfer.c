@@ -2,6 +2,7 @@
  * headers (the bearer token among them), and the libcurl callbacks that fill
  * its vpp_reply.  The callbacks never call Lua, so nothing can longjmp
  * through libcurl. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -76,6 +77,23 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   return n;
 }
 
+/* Aborts a transfer when no byte has moved either way for stall_seconds
+ * (waiting for the answer included). */
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+  vpp_transfer *t = ud;
+  double now = vpp_now();
+  (void)dltotal;
+  (void)ultotal;
+  if (dlnow + ulnow != t->moved) {
+    t->moved = dlnow + ulnow;
+    t->active_at = now;
+  } else if (now - t->active_at >= t->client->stall_seconds) {
+    t->reply.stalled = 1;
+    return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a timeout */
+  }
+  return 0;
+}
+
 /* A fresh easy handle with the client's settings; NULL when out of memory. */
 vpp_transfer *vpp_transfer_new(vpp_client *c) {
   vpp_transfer *t = calloc(1, sizeof *t);
@@ -109,6 +127,15 @@ vpp_transfer *vpp_transfer_new(vpp_client *c) {
 #endif
   curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, c->timeout_ms);
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
+  /* The stall watchdog.  libcurl's own low-speed limit averages over
+   * seconds, so a trickle before a stall hides it; a progress callback
+   * sees the stall itself.  The low-speed limit stays as what makes
+   * libcurl call back at least once a second while nothing moves. */
+  curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
+  curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
+  curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)c->stall_seconds + 1);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response_bytes);
   if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
   curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
@@ -191,6 +218,21 @@ static int header_safe(const char *s, size_t n) {
 /* Readies t for one request.  Returns 1; or 0 with nil, err pushed when no
  * token could be had or memory ran out.  Headers are released before
  * anything here can raise. */
+/* Forgets the last exchange (a large body buffer included) and starts the
+ * stall watchdog: every request, Graph's or the token endpoint's. */
+void vpp_transfer_reset(vpp_transfer *t) {
+  vpp_reply *r = &t->reply;
+  if (r->body.cap > VPP_KEEP_BODY_BYTES) vpp_buf_free(&r->body);
+  r->body.len = 0;
+  r->status = 0;
+  r->curl_code = CURLE_OK;
+  r->too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = r->stalled = 0;
+  r->attempts = 0;
+  r->request_id[0] = r->retry_after[0] = r->curl_message[0] = '\0';
+  t->active_at = vpp_now();
+  t->moved = 0;
+}
+
 int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post, const char *url) {
   vpp_reply *r = &t->reply;
   char rid_line[64];
@@ -205,13 +247,8 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   }
   t->auth_generation = t->client->auth.generation;
 
-  if (r->body.cap > VPP_KEEP_BODY_BYTES) vpp_buf_free(&r->body);
-  r->body.len = 0;
-  r->status = 0;
-  r->curl_code = CURLE_OK;
-  r->too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = 0;
+  vpp_transfer_reset(t);
   r->attempts = attempts;
-  r->request_id[0] = r->retry_after[0] = r->curl_message[0] = '\0';
   vpp_new_uuid(t->client, r->client_request_id);
   memcpy(rid_line, "client-request-id: ", 19); /* NOLINT(bugprone-not-null-terminated-result): the id and its NUL follow */
   memcpy(rid_line + 19, r->client_request_id, strlen(r->client_request_id) + 1);
@@ -284,6 +321,11 @@ void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const cha
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc) {
   long sent = 0;
   t->reply.curl_code = rc;
+  if (t->reply.stalled) {
+    t->reply.curl_code = CURLE_OPERATION_TIMEDOUT;
+    snprintf(t->reply.curl_message, sizeof t->reply.curl_message, "no data from the server for %g s (stall_timeout)",
+             t->client->stall_seconds);
+  }
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->reply.status);
   curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
   t->reply.sent = sent > 0;

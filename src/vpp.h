@@ -34,6 +34,7 @@ typedef struct vpp_reply {
   int out_of_memory;           /* the body could not be stored */
   int redirect_refused;        /* a redirect to another origin */
   int redirects;               /* same-origin redirects followed */
+  int stalled;                 /* no byte moved for stall_timeout */
   int sent;                    /* bytes of request sent */
   int attempts;                /* tries so far, retries included */
   char retry_after[64];        /* the Retry-After header, as sent */
@@ -52,6 +53,8 @@ typedef struct vpp_transfer {
   struct vpp_client *client;
   int job;                     /* the job it runs, -1 when idle */
   unsigned auth_generation;    /* of the token it sent */
+  double active_at;            /* when a byte last moved (vpp_now) */
+  curl_off_t moved;            /* bytes down and up by then */
   vpp_reply reply;
 } vpp_transfer;
 
@@ -100,6 +103,7 @@ typedef struct vpp_client {
   const char *api_version;
   const char *ca_file, *user_agent;
   long timeout_ms, connect_timeout_ms;
+  double stall_seconds;
   size_t max_response_bytes;
   int max_retries;
   double max_retry_delay;
@@ -157,6 +161,7 @@ const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, 
 vpp_transfer *vpp_transfer_new(vpp_client *c);
 void vpp_transfer_free(vpp_transfer *t);
 int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post, const char *url);
+void vpp_transfer_reset(vpp_transfer *t);
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
 void vpp_transfer_release(vpp_transfer *t);
 void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const char *method, int attempt);
