@@ -13,8 +13,8 @@
 #include "../src/vpp.h"
 
 /* A broken invariant: abort, which libFuzzer reports with the input. */
-#define FUZZ_CHECK(cond) \
-  do { \
+#define FUZZ_CHECK(cond)  \
+  do {                    \
     if (!(cond)) abort(); \
   } while (0)
 

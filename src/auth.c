@@ -10,10 +10,10 @@
 
 #include "vpp.h"
 
-#define CLOUD(X)                                                                       \
-  X("global", "https://graph.microsoft.com", "https://login.microsoftonline.com")      \
-  X("usgov", "https://graph.microsoft.us", "https://login.microsoftonline.us")         \
-  X("dod", "https://dod-graph.microsoft.us", "https://login.microsoftonline.us")       \
+#define CLOUD(X)                                                                  \
+  X("global", "https://graph.microsoft.com", "https://login.microsoftonline.com") \
+  X("usgov", "https://graph.microsoft.us", "https://login.microsoftonline.us")    \
+  X("dod", "https://dod-graph.microsoft.us", "https://login.microsoftonline.us")  \
   X("china", "https://microsoftgraph.chinacloudapi.cn", "https://login.chinacloudapi.cn")
 
 typedef struct cloud {
@@ -27,10 +27,10 @@ static const cloud clouds[] = {
 };
 
 #define DEFAULT_IMDS_URL "http://169.254.169.254/metadata/identity/oauth2/token"
-#define REFRESH_MARGIN 300.0 /* seconds before expiry */
+#define REFRESH_MARGIN   300.0 /* seconds before expiry */
 
-static const char *const cred_names[] = {"access_token", "access_token function", "client_secret",
-                                         "client_certificate", "managed_identity"};
+static const char *const cred_names[] = {"access_token", "access_token function", "client_secret", "client_certificate",
+                                         "managed_identity"};
 
 /* ---- settings ---------------------------------------------------------- */
 
@@ -103,8 +103,10 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
     read_managed_identity(L, opts, uv, a);
   } else {
     a->kind = VPP_CRED_STATIC;
-    if (opts) lua_getfield(L, opts, "access_token");
-    else lua_pushnil(L);
+    if (opts)
+      lua_getfield(L, opts, "access_token");
+    else
+      lua_pushnil(L);
     if (lua_isfunction(L, -1)) {
       a->kind = VPP_CRED_FUNCTION;
     } else if (lua_isnil(L, -1)) {
@@ -119,8 +121,7 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
     }
     lua_setfield(L, uv, "access_token");
   }
-  if (a->kind != VPP_CRED_CERTIFICATE &&
-      (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
+  if (a->kind != VPP_CRED_CERTIFICATE && (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
     luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
   a->key_path = vpp_string_option(L, opts, uv, "client_key", 0);
   a->key_password = vpp_string_option(L, opts, uv, "client_key_password", 0);
@@ -248,8 +249,7 @@ static int build_request(vpp_client *c, vpp_buf *url, vpp_buf *form, vpp_jwt_err
     if (n > 9 && strcmp(resource + n - 9, "/.default") == 0) resource[n - 9] = '\0';
     ok = add(url, a->imds_url) && add(url, strchr(a->imds_url, '?') ? "&" : "?") &&
          add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
-         (!a->client_id || (add(url, "&client_id=") && add_encoded(url, a->client_id))) &&
-         vpp_buf_append(url, "", 1);
+         (!a->client_id || (add(url, "&client_id=") && add_encoded(url, a->client_id))) && vpp_buf_append(url, "", 1);
     free(resource);
     return ok;
   }

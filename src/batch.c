@@ -5,8 +5,7 @@
 #include "vpp.h"
 
 #define DEFAULT_CONCURRENCY 8
-#define MAX_CONCURRENCY 256
-
+#define MAX_CONCURRENCY     256
 
 /* The batch and the counts the results table reports. */
 typedef struct many {
@@ -15,8 +14,8 @@ typedef struct many {
 } many;
 
 /* Stack slots inside the engine run (see vpp_engine_run). */
-#define IDS VPP_RUN_EXTRA
-#define RESULTS (VPP_RUN_EXTRA + 1)
+#define IDS       VPP_RUN_EXTRA
+#define RESULTS   (VPP_RUN_EXTRA + 1)
 #define ON_RESULT (VPP_RUN_EXTRA + 2)
 
 /* results[j+1] = { id, token | err, attempts }, then on_result(result, done, total). */

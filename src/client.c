@@ -12,18 +12,38 @@
 
 #define DEFAULT_MAX_RESPONSE_BYTES (16L * 1024 * 1024)
 
-#define DEFAULT_MAX_RETRIES 3
+#define DEFAULT_MAX_RETRIES     3
 #define DEFAULT_MAX_RETRY_DELAY 60.0
 /* Intune's documented limits: 100 writes and 1000 requests per 20 s. */
-#define DEFAULT_RATE_WRITES 100
+#define DEFAULT_RATE_WRITES   100
 #define DEFAULT_RATE_REQUESTS 1000
-#define DEFAULT_RATE_PER 20.0
+#define DEFAULT_RATE_PER      20.0
 
-static const char *const option_names[] = {
-    "access_token", "base_url", "api_version", "timeout", "connect_timeout", "stall_timeout", "ca_file", "user_agent",
-    "max_response_bytes", "max_retries", "max_retry_delay", "rate_limit", "tenant_id", "client_id",
-    "client_secret", "client_certificate", "client_key", "client_key_password", "managed_identity",
-    "imds_url", "authority", "scope", "cloud", "on_request", NULL};
+static const char *const option_names[] = {"access_token",
+                                           "base_url",
+                                           "api_version",
+                                           "timeout",
+                                           "connect_timeout",
+                                           "stall_timeout",
+                                           "ca_file",
+                                           "user_agent",
+                                           "max_response_bytes",
+                                           "max_retries",
+                                           "max_retry_delay",
+                                           "rate_limit",
+                                           "tenant_id",
+                                           "client_id",
+                                           "client_secret",
+                                           "client_certificate",
+                                           "client_key",
+                                           "client_key_password",
+                                           "managed_identity",
+                                           "imds_url",
+                                           "authority",
+                                           "scope",
+                                           "cloud",
+                                           "on_request",
+                                           NULL};
 
 vpp_client *vpp_client_check(lua_State *L, int idx) {
   vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
@@ -67,8 +87,7 @@ static int get_option(lua_State *L, int opts, const char *name, int t, const cha
     lua_pop(L, 1);
     return 0;
   }
-  if (lua_type(L, -1) != t)
-    luaL_error(L, "vpp: opts.%s must be %s (got %s)", name, expected, luaL_typename(L, -1));
+  if (lua_type(L, -1) != t) luaL_error(L, "vpp: opts.%s must be %s (got %s)", name, expected, luaL_typename(L, -1));
   return 1;
 }
 
@@ -81,8 +100,8 @@ static double number_option(lua_State *L, int opts, const char *name, double dfl
   return v;
 }
 
-static lua_Integer integer_option(lua_State *L, int opts, const char *name, lua_Integer dflt,
-                                  lua_Integer min, lua_Integer max) {
+static lua_Integer integer_option(lua_State *L, int opts, const char *name, lua_Integer dflt, lua_Integer min,
+                                  lua_Integer max) {
   lua_Integer v;
   int isint;
   if (!get_option(L, opts, name, LUA_TNUMBER, "an integer")) return dflt;
@@ -113,8 +132,10 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
   double writes = DEFAULT_RATE_WRITES, requests = DEFAULT_RATE_REQUESTS, per = DEFAULT_RATE_PER;
   int t;
   memset(r, 0, sizeof *r);
-  if (opts) lua_getfield(L, opts, "rate_limit");
-  else lua_pushnil(L);
+  if (opts)
+    lua_getfield(L, opts, "rate_limit");
+  else
+    lua_pushnil(L);
   t = lua_type(L, -1);
   if (t == LUA_TBOOLEAN && !lua_toboolean(L, -1)) {
     lua_pop(L, 1);
@@ -327,13 +348,13 @@ static const char *push_url(lua_State *L, vpp_client *c, const char *version, co
  * organization id at org_idx). */
 const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
   switch (action) {
-    case VPP_SYNC_APPS:
-      /* The legacy action exists only under /beta, whatever api_version says. */
-      return push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", org_idx, id_idx);
-    case VPP_GET_TOKEN:
-      return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", id_idx, 0);
-    default:
-      return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", id_idx, 0);
+  case VPP_SYNC_APPS:
+    /* The legacy action exists only under /beta, whatever api_version says. */
+    return push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", org_idx, id_idx);
+  case VPP_GET_TOKEN:
+    return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", id_idx, 0);
+  default:
+    return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", id_idx, 0);
   }
 }
 
@@ -490,8 +511,7 @@ static int do_list_tokens(lua_State *L) {
 static int one_shot(lua_State *L, int nids, lua_CFunction call) {
   int opts = nids + 1, n, i;
   size_t len;
-  for (i = 1; i <= nids; i++)
-    check_id(L, i, (nids == 2 && i == 1) ? "organization_id" : "token_id", &len);
+  for (i = 1; i <= nids; i++) check_id(L, i, (nids == 2 && i == 1) ? "organization_id" : "token_id", &len);
   check_opts(L, opts);
   lua_settop(L, opts);
   lua_pushcfunction(L, client_new);
@@ -507,19 +527,17 @@ static int mod_sync_licenses(lua_State *L) { return one_shot(L, 1, do_sync_licen
 static int mod_sync_apps(lua_State *L) { return one_shot(L, 2, do_sync_apps); }
 
 int vpp_client_open_lib(lua_State *L) {
-  static const luaL_Reg methods[] = {
-      {"sync_licenses", do_sync_licenses}, {"sync_apps", do_sync_apps},
-      {"get_token", do_get_token},         {"list_tokens", do_list_tokens},
-      {"config", client_config},           {"close", client_close},
-      {NULL, NULL}};
-  static const luaL_Reg meta[] = {{"__gc", client_close},
-                                  {"__close", client_close},
-                                  {"__tostring", client_tostring},
-                                  {NULL, NULL}};
-  static const luaL_Reg fns[] = {{"new", client_new},
-                                 {"sync_licenses", mod_sync_licenses},
-                                 {"sync_apps", mod_sync_apps},
-                                 {NULL, NULL}};
+  static const luaL_Reg methods[] = {{"sync_licenses", do_sync_licenses},
+                                     {"sync_apps", do_sync_apps},
+                                     {"get_token", do_get_token},
+                                     {"list_tokens", do_list_tokens},
+                                     {"config", client_config},
+                                     {"close", client_close},
+                                     {NULL, NULL}};
+  static const luaL_Reg meta[] = {
+      {"__gc", client_close}, {"__close", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {
+      {"new", client_new}, {"sync_licenses", mod_sync_licenses}, {"sync_apps", mod_sync_apps}, {NULL, NULL}};
   luaL_newmetatable(L, VPP_CLIENT_MT);
   luaL_setfuncs(L, meta, 0);
   luaL_newlib(L, methods);

@@ -38,11 +38,14 @@ static inline lua_Integer vpp_compat_tointegerx(lua_State *L, int idx, int *isin
 #ifndef LUA_OK
 #define LUA_OK 0
 #endif
-#define lua_rawlen(L, idx) lua_objlen((L), (idx))
+#define lua_rawlen(L, idx)       lua_objlen((L), (idx))
 #define luaL_setfuncs(L, l, nup) ((void)(nup), luaL_register((L), NULL, (l)))
 #ifndef luaL_newlib
 #define luaL_newlib(L, l) (lua_newtable(L), luaL_register((L), NULL, (l)))
 #endif
+/* Only LUAL_BUFFERSIZE bytes (BUFSIZ, 8 KiB here) at once: callers ask for
+ * 768 at most. */
+#define luaL_prepbuffsize(B, size) ((void)(size), luaL_prepbuffer(B))
 #define luaL_setmetatable(L, name) (luaL_getmetatable((L), (name)), lua_setmetatable((L), -2))
 
 static inline int vpp_compat_absindex(lua_State *L, int idx) {
@@ -63,10 +66,18 @@ static inline const char *vpp_compat_tolstring(lua_State *L, int idx, size_t *le
   } else {
     switch (lua_type(L, idx)) {
     case LUA_TNUMBER:
-    case LUA_TSTRING: lua_pushvalue(L, idx); break;
-    case LUA_TBOOLEAN: lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false"); break;
-    case LUA_TNIL: lua_pushliteral(L, "nil"); break;
-    default: lua_pushfstring(L, "%s: %p", luaL_typename(L, idx), lua_topointer(L, idx)); break;
+    case LUA_TSTRING:
+      lua_pushvalue(L, idx);
+      break;
+    case LUA_TBOOLEAN:
+      lua_pushstring(L, lua_toboolean(L, idx) ? "true" : "false");
+      break;
+    case LUA_TNIL:
+      lua_pushliteral(L, "nil");
+      break;
+    default:
+      lua_pushfstring(L, "%s: %p", luaL_typename(L, idx), lua_topointer(L, idx));
+      break;
     }
   }
   return lua_tolstring(L, -1, len);

@@ -63,9 +63,7 @@ int vpp_decode_body(lua_State *L, const char *data, size_t len) {
   return 1;
 }
 
-static int is_object(lua_State *L, int idx) {
-  return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0;
-}
+static int is_object(lua_State *L, int idx) { return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0; }
 
 static int blank(const vpp_buf *b) {
   size_t i;
@@ -117,8 +115,7 @@ int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   if ((n = decode_object(L, r)) != 1) return n;
   page = lua_gettop(L);
   lua_getfield(L, page, "value");
-  if (lua_type(L, -1) != LUA_TTABLE)
-    return decode_error(L, r, "the page has no \"value\" array");
+  if (lua_type(L, -1) != LUA_TTABLE) return decode_error(L, r, "the page has no \"value\" array");
   len = (lua_Integer)lua_rawlen(L, -1);
   dst = (lua_Integer)lua_rawlen(L, out);
   for (i = 1; i <= len; i++) {
@@ -127,8 +124,7 @@ int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   }
   lua_pop(L, 1);
   lua_getfield(L, page, "@odata.nextLink");
-  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING)
-    return decode_error(L, r, "@odata.nextLink is not a string");
+  if (!lua_isnil(L, -1) && lua_type(L, -1) != LUA_TSTRING) return decode_error(L, r, "@odata.nextLink is not a string");
   *next = lua_tostring(L, -1);
   lua_remove(L, page);
   return 0;

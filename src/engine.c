@@ -86,15 +86,15 @@ static void start_job(lua_State *L, vpp_batch *b, int j) {
 static int retryable(const vpp_reply *r) {
   if (r->redirect_refused) return 0;
   switch (r->curl_code) {
-    case CURLE_OK:
-      return r->status == 429 || r->status == 503 || r->status == 504;
-    case CURLE_COULDNT_CONNECT:
-    case CURLE_COULDNT_RESOLVE_HOST:
-      return 1;
-    case CURLE_OPERATION_TIMEDOUT:
-      return !r->sent;
-    default:
-      return 0;
+  case CURLE_OK:
+    return r->status == 429 || r->status == 503 || r->status == 504;
+  case CURLE_COULDNT_CONNECT:
+  case CURLE_COULDNT_RESOLVE_HOST:
+    return 1;
+  case CURLE_OPERATION_TIMEDOUT:
+    return !r->sent;
+  default:
+    return 0;
   }
 }
 

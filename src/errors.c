@@ -13,8 +13,8 @@ const char *vpp_curl_code_name(CURLcode rc) {
     return #n;
     VPP_CURL_CODES(VPP_NAME)
 #undef VPP_NAME
-    default:
-      return "UNKNOWN";
+  default:
+    return "UNKNOWN";
   }
 }
 
@@ -26,8 +26,8 @@ static void set_string(lua_State *L, const char *field, const char *value) {
 }
 
 /* Pushes nil and the error table; returns 2 so callers can `return` it. */
-int vpp_error_push(lua_State *L, const char *kind, long status, const char *code,
-                   const char *message, const vpp_reply *reply) {
+int vpp_error_push(lua_State *L, const char *kind, long status, const char *code, const char *message,
+                   const vpp_reply *reply) {
   lua_pushnil(L);
   lua_createtable(L, 0, 6);
   set_string(L, "kind", kind);
@@ -57,12 +57,9 @@ int vpp_error_transport(lua_State *L, const vpp_reply *reply) {
   if (reply->curl_code == CURLE_TOO_MANY_REDIRECTS)
     return vpp_error_push(L, "transport", 0, "TOO_MANY_REDIRECTS", "too many redirects", reply);
   if (reply->out_of_memory)
-    return vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY",
-                          "not enough memory for the response body", reply);
+    return vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY", "not enough memory for the response body", reply);
   return vpp_error_push(L, "transport", 0, vpp_curl_code_name(reply->curl_code),
-                        reply->curl_message[0] ? reply->curl_message
-                                               : curl_easy_strerror(reply->curl_code),
-                        reply);
+                        reply->curl_message[0] ? reply->curl_message : curl_easy_strerror(reply->curl_code), reply);
 }
 
 /* Appends prefix and err[field] when it holds a string or a number.  The

@@ -148,9 +148,8 @@ int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e) {
     goto done;
   snprintf(numbers, sizeof numbers, ",\"nbf\":%ld,\"iat\":%ld,\"exp\":%ld}", (long)p->now, (long)p->now,
            (long)p->now + ASSERTION_LIFETIME);
-  if (!append_str(&claims, "{\"aud\":") || !json_string(&claims, p->audience) ||
-      !append_str(&claims, ",\"iss\":") || !json_string(&claims, p->client_id) ||
-      !append_str(&claims, ",\"sub\":") || !json_string(&claims, p->client_id) ||
+  if (!append_str(&claims, "{\"aud\":") || !json_string(&claims, p->audience) || !append_str(&claims, ",\"iss\":") ||
+      !json_string(&claims, p->client_id) || !append_str(&claims, ",\"sub\":") || !json_string(&claims, p->client_id) ||
       !append_str(&claims, ",\"jti\":") || !json_string(&claims, p->jti) || !append_str(&claims, numbers))
     goto done;
   if (!b64url(out, (const unsigned char *)header.data, header.len) || !vpp_buf_append(out, ".", 1) ||

@@ -73,9 +73,7 @@ static void refill(vpp_bucket *b, double elapsed) {
   if (b->tokens > b->capacity) b->tokens = b->capacity;
 }
 
-static double wait_for_one(const vpp_bucket *b) {
-  return b->tokens >= 1 ? 0 : (1 - b->tokens) / b->per_second;
-}
+static double wait_for_one(const vpp_bucket *b) { return b->tokens >= 1 ? 0 : (1 - b->tokens) / b->per_second; }
 
 /* Takes a request (and a write) token and returns 0, or returns how many
  * seconds to wait before one is there; takes nothing then. */

@@ -9,7 +9,7 @@
 
 #include "vpp.h"
 
-#define VPP_MAX_REDIRECTS 5
+#define VPP_MAX_REDIRECTS   5
 #define VPP_KEEP_BODY_BYTES ((size_t)1024 * 1024)
 
 int vpp_buf_append(vpp_buf *b, const char *s, size_t n) {
@@ -250,13 +250,12 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   vpp_transfer_reset(t);
   r->attempts = attempts;
   vpp_new_uuid(t->client, r->client_request_id);
-  memcpy(rid_line, "client-request-id: ", 19); /* NOLINT(bugprone-not-null-terminated-result): the id and its NUL follow */
-  memcpy(rid_line + 19, r->client_request_id, strlen(r->client_request_id) + 1);
+  snprintf(rid_line, sizeof rid_line, "client-request-id: %s", r->client_request_id);
 
   /* "Content-Type:" with no value stops libcurl's form default: there is
    * no body.  (Nor is there an Expect: libcurl sends that for large bodies.) */
-  ok = add_auth_header(t, token, token_len) && add_header(t, "Accept: application/json") &&
-       add_header(t, rid_line) && (!post || add_header(t, "Content-Type:"));
+  ok = add_auth_header(t, token, token_len) && add_header(t, "Accept: application/json") && add_header(t, rid_line) &&
+       (!post || add_header(t, "Content-Type:"));
   if (!ok) {
     vpp_transfer_release(t);
     vpp_error_push(L, "transport", 0, "OUT_OF_MEMORY", "cannot build the request headers", r);

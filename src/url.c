@@ -5,9 +5,7 @@
 
 #include "vpp.h"
 
-static int unreserved(unsigned char ch) {
-  return isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~';
-}
+static int unreserved(unsigned char ch) { return isalnum(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '~'; }
 
 static int only_dots(const char *in, size_t len) {
   size_t i;
@@ -37,17 +35,17 @@ static size_t encode(char *out, const char *in, size_t len, int dots) {
   return n;
 }
 
-size_t vpp_url_encode(char *out, const char *in, size_t len) {
-  return encode(out, in, len, only_dots(in, len));
-}
+size_t vpp_url_encode(char *out, const char *in, size_t len) { return encode(out, in, len, only_dots(in, len)); }
 
 /* Adds s percent-encoded: used for path segments and query values alike.
- * In pieces that fit luaL_prepbuffer's space, which is all Lua 5.1 offers. */
+ * In pieces, since Lua 5.1 offers no more than LUAL_BUFFERSIZE at once
+ * (see compat.h). */
+#define ENCODE_PIECE ((size_t)256)
 void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len) {
   int dots = only_dots(s, len);
   while (len > 0) {
-    size_t n = len < LUAL_BUFFERSIZE / 3 ? len : LUAL_BUFFERSIZE / 3;
-    luaL_addsize(b, encode(luaL_prepbuffer(b), s, n, dots));
+    size_t n = len < ENCODE_PIECE ? len : ENCODE_PIECE;
+    luaL_addsize(b, encode(luaL_prepbuffsize(b, 3 * ENCODE_PIECE), s, n, dots));
     s += n;
     len -= n;
   }
@@ -71,8 +69,7 @@ int vpp_url_origin(const char *url, vpp_origin *out) {
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
-    ok = copy_lower(out->scheme, sizeof out->scheme, scheme) &&
-         copy_lower(out->host, sizeof out->host, host) &&
+    ok = copy_lower(out->scheme, sizeof out->scheme, scheme) && copy_lower(out->host, sizeof out->host, host) &&
          copy_lower(out->port, sizeof out->port, port) &&
          (strcmp(out->scheme, "https") == 0 || strcmp(out->scheme, "http") == 0);
   }
@@ -85,6 +82,6 @@ int vpp_url_origin(const char *url, vpp_origin *out) {
 
 int vpp_url_same_origin(const vpp_origin *a, const char *url) {
   vpp_origin b;
-  return vpp_url_origin(url, &b) && strcmp(a->scheme, b.scheme) == 0 &&
-         strcmp(a->host, b.host) == 0 && strcmp(a->port, b.port) == 0;
+  return vpp_url_origin(url, &b) && strcmp(a->scheme, b.scheme) == 0 && strcmp(a->host, b.host) == 0 &&
+         strcmp(a->port, b.port) == 0;
 }

@@ -11,11 +11,11 @@
 
 #include "compat.h"
 
-#define VPP_VERSION "0.1.0"
-#define VPP_CLIENT_MT "vpp.client"
-#define VPP_ERROR_MT "vpp.error"
+#define VPP_VERSION    "0.1.0"
+#define VPP_CLIENT_MT  "vpp.client"
+#define VPP_ERROR_MT   "vpp.error"
 #define VPP_DECODE_KEY "vpp.decode" /* registry: our private cjson decode */
-#define VPP_NULL_KEY "vpp.null"     /* registry: cjson.null */
+#define VPP_NULL_KEY   "vpp.null"   /* registry: cjson.null */
 
 /* A growable byte buffer owned by C; its owner frees it. */
 typedef struct vpp_buf {
@@ -30,16 +30,16 @@ void vpp_buf_free(vpp_buf *b);
 typedef struct vpp_reply {
   long status;
   CURLcode curl_code;
-  int too_large;               /* the body passed max_response_bytes */
-  int out_of_memory;           /* the body could not be stored */
-  int redirect_refused;        /* a redirect to another origin */
-  int redirects;               /* same-origin redirects followed */
-  int stalled;                 /* no byte moved for stall_timeout */
-  int sent;                    /* bytes of request sent */
-  int attempts;                /* tries so far, retries included */
-  char retry_after[64];        /* the Retry-After header, as sent */
-  char request_id[128];        /* Graph's request-id response header */
-  char client_request_id[40];  /* the UUID we sent */
+  int too_large;              /* the body passed max_response_bytes */
+  int out_of_memory;          /* the body could not be stored */
+  int redirect_refused;       /* a redirect to another origin */
+  int redirects;              /* same-origin redirects followed */
+  int stalled;                /* no byte moved for stall_timeout */
+  int sent;                   /* bytes of request sent */
+  int attempts;               /* tries so far, retries included */
+  char retry_after[64];       /* the Retry-After header, as sent */
+  char request_id[128];       /* Graph's request-id response header */
+  char client_request_id[40]; /* the UUID we sent */
   char curl_message[CURL_ERROR_SIZE];
   vpp_buf body;
 } vpp_reply;
@@ -49,12 +49,12 @@ struct vpp_client;
 /* One easy handle of the client's pool, and the exchange it carries. */
 typedef struct vpp_transfer {
   CURL *easy;
-  struct curl_slist *headers;  /* only while attached */
+  struct curl_slist *headers; /* only while attached */
   struct vpp_client *client;
-  int job;                     /* the job it runs, -1 when idle */
-  unsigned auth_generation;    /* of the token it sent */
-  double active_at;            /* when a byte last moved (vpp_now) */
-  curl_off_t moved;            /* bytes down and up by then */
+  int job;                  /* the job it runs, -1 when idle */
+  unsigned auth_generation; /* of the token it sent */
+  double active_at;         /* when a byte last moved (vpp_now) */
+  curl_off_t moved;         /* bytes down and up by then */
   vpp_reply reply;
 } vpp_transfer;
 
@@ -84,22 +84,22 @@ typedef struct vpp_auth {
   /* Lua strings anchored by the client's user value table; NULL if unset */
   const char *tenant_id, *client_id, *client_secret, *cert_path, *key_path, *key_password;
   const char *authority, *scope, *imds_url, *cloud;
-  char *token;                 /* the cached access token: C memory, wiped when dropped */
+  char *token; /* the cached access token: C memory, wiped when dropped */
   size_t token_len;
-  double refresh_at;           /* monotonic time to fetch anew; 0: fetch now */
-  unsigned generation;         /* bumped at each new token */
-  unsigned failed_run;         /* the engine run whose fetch failed (see auth.c) */
+  double refresh_at;            /* monotonic time to fetch anew; 0: fetch now */
+  unsigned generation;          /* bumped at each new token */
+  unsigned failed_run;          /* the engine run whose fetch failed (see auth.c) */
   struct vpp_transfer *fetcher; /* the handle token requests go through */
 } vpp_auth;
 
 /* The client userdata.  Strings it points to (base_url, api_version, ...) are
  * Lua strings kept alive by the userdata's user value table. */
 typedef struct vpp_client {
-  CURLM *multi;                /* NULL once closed */
-  vpp_transfer **pool;         /* easy handles, reused across calls */
+  CURLM *multi;        /* NULL once closed */
+  vpp_transfer **pool; /* easy handles, reused across calls */
   int pool_size;
-  int busy;                    /* an engine run is under way */
-  const char *base_url;        /* no trailing slash */
+  int busy;             /* an engine run is under way */
+  const char *base_url; /* no trailing slash */
   const char *api_version;
   const char *ca_file, *user_agent;
   long timeout_ms, connect_timeout_ms;
@@ -109,18 +109,18 @@ typedef struct vpp_client {
   double max_retry_delay;
   vpp_ratelimit rate;
   vpp_auth auth;
-  int traced;                  /* has an on_request function */
-  unsigned run;                /* counts engine runs */
+  int traced;   /* has an on_request function */
+  unsigned run; /* counts engine runs */
   vpp_origin origin;
-  uint64_t rng[2];             /* client-request-ids and jitter */
+  uint64_t rng[2]; /* client-request-ids and jitter */
 } vpp_client;
 
 /* A run of the engine: n jobs, each a request to one URL. */
 typedef struct vpp_job {
-  double ready_at;             /* monotonic time it may (re)start */
+  double ready_at; /* monotonic time it may (re)start */
   int attempts;
   int state;
-  int reauthenticated;         /* retried once after a 401 with a new token */
+  int reauthenticated; /* retried once after a 401 with a new token */
 } vpp_job;
 
 typedef struct vpp_batch vpp_batch;
@@ -133,18 +133,18 @@ typedef void (*vpp_deliver_fn)(lua_State *L, vpp_batch *b, int job, vpp_transfer
 struct vpp_batch {
   vpp_client *c;
   int n, post, concurrency;
-  vpp_job *jobs;               /* n entries, memory owned by a userdata */
-  int *waiting;                /* jobs waiting for a retry timer */
+  vpp_job *jobs; /* n entries, memory owned by a userdata */
+  int *waiting;  /* jobs waiting for a retry timer */
   int nwaiting, next, done, active;
   vpp_deliver_fn deliver;
-  vpp_transfer *last;          /* the transfer of the last finished job */
+  vpp_transfer *last; /* the transfer of the last finished job */
 };
 
 /* Stack slots of the protected engine run, where deliver functions find
  * what their caller passed. */
 #define VPP_RUN_CLIENT 2
-#define VPP_RUN_URLS 3
-#define VPP_RUN_EXTRA 4
+#define VPP_RUN_URLS   3
+#define VPP_RUN_EXTRA  4
 
 /* The calls on one token, and the URL of each (client.c). */
 typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN } vpp_action;
@@ -219,8 +219,8 @@ int vpp_reply_error(lua_State *L, vpp_reply *r);
 void vpp_decode_setup(lua_State *L);
 
 /* errors.c */
-int vpp_error_push(lua_State *L, const char *kind, long status, const char *code,
-                   const char *message, const vpp_reply *reply);
+int vpp_error_push(lua_State *L, const char *kind, long status, const char *code, const char *message,
+                   const vpp_reply *reply);
 int vpp_error_transport(lua_State *L, const vpp_reply *reply);
 const char *vpp_curl_code_name(CURLcode rc);
 void vpp_error_setup(lua_State *L);

@@ -105,8 +105,7 @@ static int alloc_mode(const char *script) {
         lua_close(L);
         return 1;
       }
-      printf("embed_host alloc: %ld runs, each allocation failing in turn, then: %s\n", n - 1,
-             msg ? msg : "?");
+      printf("embed_host alloc: %ld runs, each allocation failing in turn, then: %s\n", n - 1, msg ? msg : "?");
       fflush(stdout); /* LeakSanitizer's report ends the process with _exit */
       lua_close(L);
       return 0;
