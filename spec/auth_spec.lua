@@ -336,6 +336,25 @@ describe("authentication", function()
       assert.equal("invalid_response", err.code)
     end)
 
+    it("for a token endpoint that stalls (stall_timeout covers token requests too)", function()
+      fx.server:program("@token", { { stall = { after = 5, seconds = 4 }, body = '{"access_token":"late"}' } })
+      local c = secret_client { stall_timeout = 1 }
+      local t0 = support.now()
+      local _, err = c:list_tokens()
+      local seconds = support.now() - t0
+      c:close()
+      assert.equal("auth", err.kind)
+      assert.equal("OPERATION_TIMEDOUT", err.code)
+      assert.is_true(seconds < 3.5, "gave up after " .. seconds .. " s, not before the stall ended")
+      -- a pause shorter than stall_timeout is no stall: the watchdog starts with each request
+      local body = '{"access_token":"fake-at-x","token_type":"Bearer","expires_in":3599}'
+      fx.server:program("@token", { { stall = { after = 5, seconds = 0.5 }, body = body } })
+      c = secret_client { stall_timeout = 1 }
+      local _, err2 = c:get_token("any")
+      c:close()
+      assert.not_equal("auth", err2 and err2.kind, tostring(err2))
+    end)
+
     it("fail every item of a batch with one token request", function()
       local c = secret_client { client_secret = "wrong" }
       local results = c:sync_many({ "a", "b", "c", "d" })

@@ -129,13 +129,12 @@ vpp_transfer *vpp_transfer_new(vpp_client *c) {
   curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, c->connect_timeout_ms);
   /* The stall watchdog.  libcurl's own low-speed limit averages over
    * seconds, so a trickle before a stall hides it; a progress callback
-   * sees the stall itself.  The low-speed limit stays as what makes
-   * libcurl call back at least once a second while nothing moves. */
+   * sees the stall itself.  It runs at least once a second while nothing
+   * moves: the engine polls for at most a second, and so does
+   * curl_easy_perform (token requests). */
   curl_easy_setopt(e, CURLOPT_NOPROGRESS, 0L);
   curl_easy_setopt(e, CURLOPT_XFERINFOFUNCTION, on_progress);
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
-  curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (long)c->stall_seconds + 1);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)c->max_response_bytes);
   if (c->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, c->ca_file);
   curl_easy_setopt(e, CURLOPT_USERAGENT, c->user_agent);
@@ -219,7 +218,8 @@ static int header_safe(const char *s, size_t n) {
  * token could be had or memory ran out.  Headers are released before
  * anything here can raise. */
 /* Forgets the last exchange (a large body buffer included) and starts the
- * stall watchdog: every request, Graph's or the token endpoint's. */
+ * stall watchdog: every request, Graph's or the token endpoint's.  The
+ * attempt count is the engine's, and stays. */
 void vpp_transfer_reset(vpp_transfer *t) {
   vpp_reply *r = &t->reply;
   if (r->body.cap > VPP_KEEP_BODY_BYTES) vpp_buf_free(&r->body);
@@ -227,7 +227,6 @@ void vpp_transfer_reset(vpp_transfer *t) {
   r->status = 0;
   r->curl_code = CURLE_OK;
   r->too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = r->stalled = 0;
-  r->attempts = 0;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = '\0';
   t->active_at = vpp_now();
   t->moved = 0;
@@ -238,7 +237,7 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   char rid_line[64];
   const char *token;
   size_t token_len;
-  int ok, attempts = r->attempts;
+  int ok;
 
   if (!vpp_auth_token(L, t->client, client_idx, &token, &token_len)) return 0;
   if (!header_safe(token, token_len)) {
@@ -248,7 +247,6 @@ int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post
   t->auth_generation = t->client->auth.generation;
 
   vpp_transfer_reset(t);
-  r->attempts = attempts;
   vpp_new_uuid(t->client, r->client_request_id);
   snprintf(rid_line, sizeof rid_line, "client-request-id: %s", r->client_request_id);
 
