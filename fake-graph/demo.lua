@@ -6,7 +6,7 @@
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 package.path = here .. "/?.lua;" .. package.path
 local launcher = require "launcher"
-local proc = require "proc"
+local sys = require "sys"
 
 local root = here:gsub("/?fake%-graph$", "")
 if root == "" then root = "." end
@@ -18,7 +18,7 @@ local server = launcher.start { tokens = 24, seed = 7, latency = 0.05, sync_seco
 local function run(command, expected, why)
   io.write("\n", bold[1], "$ vpp ", command, bold[2], "\n")
   io.flush()
-  local _, code = proc.execute(("GRAPH_URL=%s GRAPH_ACCESS_TOKEN=demo-token %s %s/bin/vpp %s")
+  local _, code = sys.execute(("GRAPH_URL=%s GRAPH_ACCESS_TOKEN=demo-token %s %s/bin/vpp %s")
     :format(server.url, interpreter, root, command))
   io.write(("(exit code %d%s)\n"):format(code, why and (": " .. why) or ""))
   return code == expected

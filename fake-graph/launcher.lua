@@ -5,29 +5,17 @@ local socket = require "socket"
 local http = require "socket.http"
 local ltn12 = require "ltn12"
 local cjson = require "cjson"
-local proc = require "proc"
+local sys = require "sys"
 
 local M = {}
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "."
 
 local function sh(cmd)
-  return (proc.execute(cmd .. " >/dev/null 2>&1"))
+  return (sys.execute(cmd .. " >/dev/null 2>&1"))
 end
 
-local function read(path)
-  local f = io.open(path, "rb")
-  if not f then return nil end
-  local s = f:read("*a")
-  f:close()
-  return s
-end
-
-local function write(path, s)
-  local f = assert(io.open(path, "wb"))
-  f:write(s)
-  f:close()
-end
+local read, write = sys.read_file, sys.write_file
 
 local function free_port()
   local s = assert(socket.bind("127.0.0.1", 0))

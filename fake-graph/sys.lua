@@ -1,8 +1,25 @@
--- Shell commands with their exit code on every Lua: os.execute returns a
--- wait status on 5.1 and LuaJIT, (ok, "exit", code) on 5.2+, and a popen'd
--- file's close() gives no code before 5.2.  Used by the launcher, the demo
--- and the specs.
+-- What the launcher, the demo and the specs need from the system, the same
+-- on every Lua: files, and shell commands with their exit code (os.execute
+-- returns a wait status on 5.1 and LuaJIT, (ok, "exit", code) on 5.2+, and
+-- a popen'd file's close() gives no code before 5.2).
 local M = {}
+
+--- The whole file, or nil and io.open's message.
+function M.read_file(path)
+  local f, err = io.open(path, "rb")
+  if not f then return nil, err end
+  local s = f:read("*a")
+  f:close()
+  return s
+end
+
+--- Writes the strings to path (file:write returns no file to chain on
+-- before Lua 5.2).
+function M.write_file(path, ...)
+  local f = assert(io.open(path, "wb"))
+  f:write(...)
+  f:close()
+end
 
 --- Runs cmd; returns true or false, and the exit code.
 function M.execute(cmd)
@@ -18,9 +35,7 @@ end
 function M.capture(cmd)
   local name = os.tmpname()
   local ok, code = M.execute(("%s >%s 2>&1"):format(cmd, name))
-  local f = assert(io.open(name, "rb"))
-  local out = f:read("*a")
-  f:close()
+  local out = assert(M.read_file(name))
   os.remove(name)
   return out, ok, code
 end

@@ -11,7 +11,7 @@ describe("the vpp command on a terminal", function()
   teardown(fx.stop)
   before_each(fx.fresh)
   setup(function()
-    if not require("proc").execute("command -v script >/dev/null 2>&1") then
+    if not require("sys").execute("command -v script >/dev/null 2>&1") then
       error("util-linux `script` is needed for the pseudo-terminal specs")
     end
   end)

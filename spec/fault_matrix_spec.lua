@@ -3,11 +3,23 @@
 -- others), each with a clear result and no file descriptor left open.
 -- Memory is watched by running this suite under valgrind and ASan.
 local support = require "support"
-local proc = require "proc"
+local sys = require "sys"
 
 local BODY = '{"id":"%s","state":"valid","padding":"0123456789012345678901234567890123456789"}'
 
 local function body(id) return BODY:format(id) end
+
+-- One throttled answer with this Retry-After, then the token.
+local function throttled_once(status, retry_after)
+  local codes = { [429] = "TooManyRequests", [503] = "ServiceUnavailable" }
+  return function(id)
+    return { { status = status, error = codes[status], headers = { ["Retry-After"] = retry_after } },
+      { body = body(id) } }
+  end
+end
+
+-- The wait was max_retry_delay (0.5 s), not what Retry-After asked.
+local function capped(seconds) assert.is_true(seconds >= 0.45 and seconds < 5, "waited " .. seconds .. " s") end
 
 -- The open file descriptors of this process (sockets included); lfs comes
 -- with busted.
@@ -25,7 +37,7 @@ end
 local function gzip_base64(s)
   local f = os.tmpname()
   support.write_file(f, s)
-  local out, ok = proc.capture(("gzip -c %s | base64 -w0"):format(f))
+  local out, ok = sys.capture(("gzip -c %s | base64 -w0"):format(f))
   os.remove(f)
   assert(ok, out)
   return out
@@ -86,34 +98,22 @@ describe("fault matrix", function()
     },
     {
       name = "Retry-After in the past",
-      program = function(id)
-        return { { status = 503, error = "ServiceUnavailable", headers = { ["Retry-After"] = "Sun, 06 Nov 1994 08:49:37 GMT" } },
-          { body = body(id) } }
-      end,
+      program = throttled_once(503, "Sun, 06 Nov 1994 08:49:37 GMT"),
       check_time = function(seconds) assert.is_true(seconds < 3, "waited " .. seconds .. " s for a past date") end,
     },
     {
       name = "Retry-After absurdly far, in seconds (capped by max_retry_delay)",
-      program = function(id)
-        return { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "99999999999" } },
-          { body = body(id) } }
-      end,
-      check_time = function(seconds) assert.is_true(seconds >= 0.45 and seconds < 5, "waited " .. seconds .. " s") end,
+      program = throttled_once(429, "99999999999"),
+      check_time = capped,
     },
     {
       name = "Retry-After absurdly far, as a date (capped by max_retry_delay)",
-      program = function(id)
-        return { { status = 503, error = "ServiceUnavailable", headers = { ["Retry-After"] = "Fri, 31 Dec 9999 23:59:59 GMT" } },
-          { body = body(id) } }
-      end,
-      check_time = function(seconds) assert.is_true(seconds >= 0.45 and seconds < 5, "waited " .. seconds .. " s") end,
+      program = throttled_once(503, "Fri, 31 Dec 9999 23:59:59 GMT"),
+      check_time = capped,
     },
     {
       name = "a garbage Retry-After (backoff instead)",
-      program = function(id)
-        return { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "soon, maybe" } },
-          { body = body(id) } }
-      end,
+      program = throttled_once(429, "soon, maybe"),
     },
     {
       name = "a gzip body",

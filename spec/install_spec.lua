@@ -2,12 +2,12 @@
 -- source tree, that talks to the fake Graph.
 local support = require "support"
 
-local proc = require "proc"
+local sys = require "sys"
 
 local version, abi = support.LUA_VERSION, support.LUA_ABI
 
 local function sh(cmd)
-  local out, ok = proc.capture(cmd)
+  local out, ok = sys.capture(cmd)
   return ok, out
 end
 
@@ -37,9 +37,7 @@ local function works_from(tree, server)
     io.write(#list, " ", tok.lastSyncStatus)
   ]]):format(tree, server.url)
   local f = os.tmpname()
-  local h = assert(io.open(f, "w"))
-  h:write(code)
-  h:close()
+  support.write_file(f, code)
   local ok, out = sh(("cd /tmp && LUA_PATH='%s/share/lua/%s/?.lua;;' LUA_CPATH='%s/lib/lua/%s/?.so;;' %s %s")
     :format(tree, abi, tree, abi, support.LUA, f))
   os.remove(f)

@@ -1,7 +1,7 @@
 -- Helpers for the specs: the fake server, clients pointed at it, and
 -- checks that a secret appears nowhere in a value.
 local launcher = require "launcher"
-local proc = require "proc"
+local sys = require "sys"
 local vpp = require "vpp"
 
 local M = {}
@@ -69,9 +69,7 @@ end
 -- Runs a Lua snippet in a child lua process with the module paths set.
 function M.run_lua(code, env)
   local f = os.tmpname()
-  local h = assert(io.open(f, "w"))
-  h:write(code)
-  h:close()
+  sys.write_file(f, code)
   -- The interpreter is the lowest index of arg (busted may run under
   -- "lua5.4 -e ... script", or under valgrind).
   local interp, i = "lua5.4", -1
@@ -80,28 +78,19 @@ function M.run_lua(code, env)
     i = i - 1
   end
   local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s"):format(env or "", package.path, package.cpath, interp, f)
-  local out, ok, code_ = proc.capture(cmd)
+  local out, ok, code_ = sys.capture(cmd)
   os.remove(f)
   return out, ok, code_
 end
 
 local function sh(cmd)
-  assert(proc.execute(cmd .. " >/dev/null 2>&1"), "failed: " .. cmd)
+  assert(sys.execute(cmd .. " >/dev/null 2>&1"), "failed: " .. cmd)
 end
 
-local function write_file(path, ...)
-  local f = assert(io.open(path, "wb"))
-  f:write(...) -- returns no file to chain on before Lua 5.2
-  f:close()
-end
+local write_file = sys.write_file
 M.write_file = write_file
 
-local function slurp(path)
-  local f = assert(io.open(path, "rb"))
-  local s = f:read("*a")
-  f:close()
-  return s
-end
+local function slurp(path) return assert(sys.read_file(path)) end
 M.slurp = slurp
 
 -- Test credentials made with the openssl command: an RSA certificate and
@@ -168,7 +157,7 @@ function M.install_cli()
     else
       line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
     end
-    local _, code = proc.execute(line)
+    local _, code = sys.execute(line)
     local r = { code = code, out = slurp(out), err = slurp(err) }
     os.remove(out)
     os.remove(err)
