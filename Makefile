@@ -61,7 +61,7 @@ $(CORE): $(OBJS)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS_SHARED) $(LDFLAGS) -o $@ $(OBJS) $(LIBS)
 
-$(BUILD)/obj/%.o: src/%.c src/vpp.h src/compat.h src/curl_codes.h
+$(BUILD)/obj/%.o: src/%.c src/vpp.h src/compat.h src/codes.h src/curl_codes.h
 	@mkdir -p $(dir $@)
 	$(CC) $(VPP_CFLAGS) $(CFLAGS) -c -o $@ $<
 

@@ -120,6 +120,19 @@ local function take_program(key)
   return item and cjson.decode(item)
 end
 
+-- Serves the response scripted for key, if one is queued (ngx.exit ends
+-- the request there); { pass = true, delay = s } only delays the real
+-- answer, as a slow but working service would.
+local function scripted(key)
+  local prog = take_program(key)
+  if not prog then return end
+  if prog.pass then
+    ngx.sleep(prog.delay or 0)
+    return
+  end
+  serve_program(prog)
+end
+
 local function load_token(id)
   local raw = dict:get("tok:" .. id)
   if not raw then return nil end
@@ -224,8 +237,7 @@ local function api(method, path, query)
   if prefix then
     local id, action = rest:match("^/([^/]+)/?([^/]*)$")
     if id then id = ngx.unescape_uri(id) end
-    local prog = take_program(id or "@list")
-    if prog then return serve_program(prog) end
+    scripted(id or "@list")
     if rest == "" or rest == "/" then
       if method ~= "GET" then return graph_error(405, "BadRequest", "Method not allowed") end
       return list_tokens(query)
@@ -246,8 +258,7 @@ local function api(method, path, query)
   if prefix then
     ngx.ctx.prefix, ngx.ctx.version = prefix, "beta"
     id = ngx.unescape_uri(id)
-    local prog = take_program(id)
-    if prog then return serve_program(prog) end
+    scripted(id)
     if method ~= "POST" then return graph_error(405, "BadRequest", "Method not allowed") end
     local tok = load_token(id)
     if not tok then return graph_error(404, "ResourceNotFound", "The requested token was not found.") end
@@ -315,10 +326,9 @@ local function token_endpoint(method, tenant_id, query_path)
   local body = ngx.req.get_body_data() or ""
   local form = ngx.decode_args(body, 0)
   local h = ngx.req.get_headers()
-  dict:rpush("tokenlog", cjson.encode({ kind = "token", method = method, tenant = tenant_id, raw = body,
+  dict:rpush("tokenlog", cjson.encode({ kind = "token", at = (ngx.update_time() or ngx.now()), method = method, tenant = tenant_id, raw = body,
     content_type = h["content-type"], form = form }))
-  local prog = take_program("@token")
-  if prog then return serve_program(prog) end
+  scripted("@token")
   local a = app()
   if method ~= "POST" then return identity_error(405, "invalid_request", 900561, "The endpoint only accepts POST.") end
   if not (h["content-type"] or ""):find("application/x-www-form-urlencoded", 1, true) then
@@ -356,9 +366,8 @@ end
 local function imds(query)
   dict:incr("stat:token_requests", 1, 0)
   local args, h = query_args(query), ngx.req.get_headers()
-  dict:rpush("tokenlog", cjson.encode({ kind = "imds", args = args, metadata = h["metadata"] }))
-  local prog = take_program("@imds")
-  if prog then return serve_program(prog) end
+  dict:rpush("tokenlog", cjson.encode({ kind = "imds", at = (ngx.update_time() or ngx.now()), args = args, metadata = h["metadata"] }))
+  scripted("@imds")
   if h["metadata"] ~= "true" then
     return send(400, cjson.encode({ error = "invalid_request", error_description = "Required metadata header not specified" }))
   end
@@ -475,7 +484,7 @@ local function record(method, raw)
   if not setting("log") then return end
   local h = ngx.req.get_headers()
   dict:rpush("log", cjson.encode({
-    method = method, uri = raw, connection = tonumber(ngx.var.connection),
+    method = method, uri = raw, at = (ngx.update_time() or ngx.now()), connection = tonumber(ngx.var.connection),
     protocol = ngx.var.server_protocol,
     authorization = h["authorization"], accept = h["accept"],
     client_request_id = h["client-request-id"], user_agent = h["user-agent"],

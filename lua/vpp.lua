@@ -17,6 +17,7 @@ local vpp = {
   count_by = tokens.count_by,
   parse_time = tokens.parse_time,
   clouds = core.clouds,
+  codes = core.codes,
 }
 
 --- A client whose credentials come from the environment (AZURE_*,

@@ -415,7 +415,7 @@ describe("authentication", function()
       assert.has_error(function() vpp.new { managed_identity = "yes" } end,
         "vpp: opts.managed_identity must be true or { client_id = ... }")
       assert.has_error(function() vpp.new { managed_identity = { id = "x" } } end,
-        "vpp: opts.managed_identity takes only client_id")
+        "vpp: unknown managed_identity key 'id' (expected client_id)")
       assert.has_error(function() vpp.new { access_token = "t", cloud = "mars" } end,
         'vpp: opts.cloud must be "global", "usgov", "dod" or "china"')
     end)

@@ -55,13 +55,22 @@ describe("retries", function()
     assert.is_true(elapsed < 4, "waited " .. elapsed)
   end)
 
-  it("caps Retry-After at max_retry_delay", function()
+  it("never retries before a Retry-After above max_retry_delay: the 429, with err.retry_after", function()
     throttle("far", "3600")
     local c = support.client(f.server, { rate_limit = false, max_retry_delay = 0.3 })
-    local elapsed, tok = timed(function() return c:sync_licenses("far") end)
+    local elapsed, tok, err = timed(function() return c:sync_licenses("far") end)
     c:close()
-    assert.equal("far", tok.id)
-    assert.is_true(elapsed >= 0.25 and elapsed < 2, "waited " .. elapsed)
+    assert.is_nil(tok)
+    assert.same({ 429, "TooManyRequests", 3600, 1 }, { err.status, err.code, err.retry_after, err.attempts })
+    assert.is_true(elapsed < 1, "waited " .. elapsed)
+    assert.equal(1, requests_for("far"))
+  end)
+
+  it("waits at least a second before the first retry without Retry-After", function()
+    f.server:program("floor", { { status = 503, error = "ServiceUnavailable" }, { body = '{"id":"floor"}' } })
+    local elapsed, tok = timed(function() return f.client:sync_licenses("floor") end)
+    assert.equal("floor", tok.id)
+    assert.is_true(elapsed >= 0.99 and elapsed < 2.5, "waited " .. elapsed)
   end)
 
   it("backs off exponentially with jitter when there is no Retry-After", function()
@@ -118,8 +127,10 @@ describe("retries", function()
   end)
 
   it("retries in a batch too, each item on its own timer without stalling the others", function()
+    -- A 504 is the gateway's, not a throttle: it holds no one else.
     local ids = { "held", "a1", "a2", "a3", "a4", "a5", "a6", "a7" }
-    throttle("held", "1.5")
+    f.server:program("held", { { status = 504, error = "GatewayTimeout", headers = { ["Retry-After"] = "1.5" } },
+      { body = '{"id":"held","state":"valid"}' } })
     for i = 2, #ids do
       f.server:program(ids[i], { { delay = 0.05, body = '{"id":"' .. ids[i] .. '"}' } })
     end

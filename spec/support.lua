@@ -66,8 +66,9 @@ function M.contains_secret(v, secret)
   return false
 end
 
--- Runs a Lua snippet in a child lua process with the module paths set.
-function M.run_lua(code, env)
+-- Runs a Lua snippet in a child lua process with the module paths set,
+-- after env (variables) and under prefix (a command such as valgrind).
+function M.run_lua(code, env, prefix)
   local f = os.tmpname()
   sys.write_file(f, code)
   -- The interpreter is the lowest index of arg (busted may run under
@@ -77,7 +78,8 @@ function M.run_lua(code, env)
     interp = arg[i]
     i = i - 1
   end
-  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s %s"):format(env or "", package.path, package.cpath, interp, f)
+  local cmd = ("%s LUA_PATH=%q LUA_CPATH=%q %s%s %s"):format(env or "", package.path, package.cpath,
+    prefix or "", interp, f)
   local out, ok, code_ = sys.capture(cmd)
   os.remove(f)
   return out, ok, code_
@@ -92,6 +94,12 @@ M.write_file = write_file
 
 local function slurp(path) return assert(sys.read_file(path)) end
 M.slurp = slurp
+
+function M.spec_files()
+  local files = {}
+  for name in io.popen("ls spec/*_spec.lua"):lines() do files[#files + 1] = name end
+  return files
+end
 
 -- Test credentials made with the openssl command: an RSA certificate and
 -- key (apart, together, and with the key encrypted), a key of another

@@ -2,8 +2,8 @@
  * bearer token from a string, a function, the identity platform (client
  * secret or certificate) or the instance metadata endpoint (managed
  * identity); fetched tokens are kept in C memory, wiped when dropped, and
- * reused until shortly before they expire. */
-#include <math.h>
+ * reused until shortly before they expire.  This file describes a token
+ * request and reads its answer; the engine sends it. */
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -42,32 +42,20 @@ static const cloud *find_cloud(lua_State *L, const char *name) {
   return NULL;
 }
 
-static int present(lua_State *L, int opts, const char *name) {
-  int yes;
-  if (!opts) return 0;
-  lua_getfield(L, opts, name);
-  yes = !lua_isnil(L, -1) && !(lua_isboolean(L, -1) && !lua_toboolean(L, -1));
-  lua_pop(L, 1);
-  return yes;
-}
+#define present vpp_option_present
 
 static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
   lua_getfield(L, opts, "managed_identity");
   if (lua_istable(L, -1)) {
+    static const char *const keys[] = {"client_id", NULL};
     int mi = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, mi)) {
-      lua_pop(L, 1);
-      if (lua_type(L, -1) != LUA_TSTRING || strcmp(lua_tostring(L, -1), "client_id") != 0)
-        luaL_error(L, "vpp: opts.managed_identity takes only client_id");
-    }
+    vpp_check_keys(L, mi, keys, "managed_identity key", " (expected client_id)");
     a->client_id = vpp_string_option(L, mi, uv, "client_id", 0);
   } else if (!lua_isboolean(L, -1)) {
     luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ... }");
   }
   lua_pop(L, 1);
-  a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 0);
-  if (!a->imds_url) a->imds_url = DEFAULT_IMDS_URL;
+  a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 1) ? vpp_url_option(L, uv, "imds_url", VPP_URL_METADATA) : DEFAULT_IMDS_URL;
 }
 
 /* Reads the credential and cloud settings; picks the default base URL. */
@@ -83,8 +71,7 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
   cl = find_cloud(L, name ? name : "global");
   a->cloud = cl->name;
   *base_url = cl->graph;
-  a->authority = vpp_string_option(L, opts, uv, "authority", 0);
-  if (!a->authority) a->authority = cl->authority;
+  a->authority = vpp_string_option(L, opts, uv, "authority", 1) ? vpp_url_option(L, uv, "authority", VPP_URL_HTTPS_DEFAULT) : cl->authority;
   a->scope = vpp_string_option(L, opts, uv, "scope", 0);
   if (!a->scope) {
     lua_pushfstring(L, "%s/.default", cl->graph);
@@ -151,11 +138,7 @@ static void set_field(lua_State *L, const char *k, const char *v) {
 }
 
 /* client:config(): the effective settings, without any secret. */
-void vpp_auth_push_config(lua_State *L, const vpp_client *c) {
-  const vpp_auth *a = &c->auth;
-  lua_createtable(L, 0, 10);
-  set_field(L, "base_url", c->base_url);
-  set_field(L, "api_version", c->api_version);
+void vpp_auth_push_config(lua_State *L, const vpp_auth *a) {
   set_field(L, "cloud", a->cloud);
   set_field(L, "authority", a->authority);
   set_field(L, "scope", a->scope);
@@ -169,9 +152,7 @@ void vpp_auth_push_config(lua_State *L, const vpp_client *c) {
 
 static void wipe_token(vpp_auth *a) {
   if (a->token) {
-    volatile char *p = a->token;
-    size_t n = a->token_len;
-    while (n--) *p++ = '\0';
+    vpp_wipe(a->token, a->token_len);
     free(a->token);
   }
   a->token = NULL;
@@ -179,18 +160,17 @@ static void wipe_token(vpp_auth *a) {
   a->refresh_at = 0;
 }
 
-void vpp_auth_release(vpp_auth *a) {
-  wipe_token(a);
-  vpp_transfer_free(a->fetcher);
-  a->fetcher = NULL;
-}
+void vpp_auth_release(vpp_auth *a) { wipe_token(a); }
 
-int vpp_auth_refreshable(const vpp_client *c) { return c->auth.kind != VPP_CRED_STATIC; }
+int vpp_auth_refreshable(const vpp_auth *a) { return a->kind != VPP_CRED_STATIC; }
 
 /* After a 401: forget the token, unless it was already replaced. */
-void vpp_auth_drop(vpp_client *c, unsigned generation) {
-  if (generation == c->auth.generation) c->auth.refresh_at = 0;
+void vpp_auth_drop(vpp_auth *a, unsigned generation) {
+  if (generation == a->generation) a->refresh_at = 0;
 }
+
+/* A token that may still be sent at monotonic time now. */
+int vpp_auth_cached(const vpp_auth *a, double now) { return a->token && a->refresh_at != 0 && now < a->refresh_at; }
 
 /* Keeps a copy of the token until refresh_at; 0 when out of memory. */
 static int keep(vpp_auth *a, const char *token, size_t len, double lifetime) {
@@ -214,7 +194,7 @@ static int auth_error(lua_State *L, const char *code, const char *message, long 
   return vpp_error_push(L, "auth", status, code, message, NULL);
 }
 
-/* ---- fetching ---------------------------------------------------------- */
+/* ---- token requests ---------------------------------------------------- */
 
 static int add_encoded(vpp_buf *b, const char *s) {
   size_t n = strlen(s);
@@ -226,20 +206,20 @@ static int add_encoded(vpp_buf *b, const char *s) {
   return ok;
 }
 
-static int add(vpp_buf *b, const char *s) { return vpp_buf_append(b, s, strlen(s)); }
+#define add vpp_buf_add
 
-static void wipe_buf(vpp_buf *b) {
-  volatile char *p = b->data;
-  size_t n = b->len;
-  while (p && n--) *p++ = '\0';
-  vpp_buf_free(b);
+void vpp_auth_request_free(vpp_token_request *rq) {
+  vpp_buf_free(&rq->url);
+  vpp_buf_wipe(&rq->form);
 }
 
-/* The token endpoint URL and form, or the IMDS URL; 1, or 0 with e set. */
-static int build_request(vpp_client *c, vpp_buf *url, vpp_buf *form, vpp_jwt_error *e) {
-  vpp_auth *a = &c->auth;
+/* The token endpoint URL and form, or the IMDS URL: 1, or 0 with e set
+ * (and rq freed). */
+int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e) {
+  vpp_buf *url = &rq->url, *form = &rq->form;
   int ok;
-  e->code = "out_of_memory";
+  memset(rq, 0, sizeof *rq);
+  e->code = VPP_CODE(out_of_memory);
   snprintf(e->message, sizeof e->message, "not enough memory for the token request");
   if (a->kind == VPP_CRED_MANAGED) {
     size_t n = strlen(a->scope);
@@ -251,61 +231,41 @@ static int build_request(vpp_client *c, vpp_buf *url, vpp_buf *form, vpp_jwt_err
          add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
          (!a->client_id || (add(url, "&client_id=") && add_encoded(url, a->client_id))) && vpp_buf_append(url, "", 1);
     free(resource);
+    rq->managed = 1;
+    if (!ok) vpp_auth_request_free(rq);
     return ok;
   }
+  rq->post = 1;
   ok = add(url, a->authority) && (url->len && url->data[url->len - 1] == '/' ? 1 : add(url, "/")) &&
        add_encoded(url, a->tenant_id) && add(url, "/oauth2/v2.0/token") && vpp_buf_append(url, "", 1);
   ok = ok && add(form, "grant_type=client_credentials&client_id=") && add_encoded(form, a->client_id) &&
        add(form, "&scope=") && add_encoded(form, a->scope);
-  if (!ok) return 0;
-  if (a->kind == VPP_CRED_SECRET) return add(form, "&client_secret=") && add_encoded(form, a->client_secret);
-  {
+  if (ok && a->kind == VPP_CRED_SECRET) {
+    ok = add(form, "&client_secret=") && add_encoded(form, a->client_secret);
+  } else if (ok) {
     vpp_jwt_params p;
     vpp_buf jwt = {0};
     char jti[40];
-    vpp_new_uuid(c, jti);
+    if (!vpp_uuid(jti)) {
+      e->code = VPP_CODE(no_randomness);
+      snprintf(e->message, sizeof e->message, "no random bytes for the assertion id");
+      vpp_auth_request_free(rq);
+      return 0;
+    }
     p.cert_path = a->cert_path;
     p.key_path = a->key_path;
     p.key_password = a->key_password;
     p.audience = url->data;
     p.client_id = a->client_id;
     p.jti = jti;
-    p.now = (long)time(NULL);
-    if (!vpp_jwt_assertion(&p, &jwt, e)) {
-      wipe_buf(&jwt);
-      return 0;
-    }
-    ok = add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
-                   "&client_assertion=") &&
+    p.now = (long)vpp_epoch();
+    ok = vpp_jwt_assertion(&p, &jwt, e);
+    ok = ok && add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+                         "&client_assertion=") &&
          vpp_buf_append(form, jwt.data, jwt.len);
-    wipe_buf(&jwt);
-    return ok;
+    vpp_buf_wipe(&jwt);
   }
-}
-
-/* Runs the token request on the client's own handle; the C buffers with the
- * secret or the assertion are wiped and freed before any Lua runs. */
-static int send_request(vpp_client *c, vpp_transfer *t, vpp_jwt_error *e) {
-  vpp_buf url = {0}, form = {0};
-  int ok = build_request(c, &url, &form, e);
-  if (ok) {
-    vpp_transfer_reset(t);
-    t->headers = curl_slist_append(NULL, "Accept: application/json");
-    if (c->auth.kind == VPP_CRED_MANAGED && t->headers) curl_slist_append(t->headers, "Metadata: true");
-    curl_easy_setopt(t->easy, CURLOPT_URL, url.data);
-    curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
-    if (c->auth.kind == VPP_CRED_MANAGED) {
-      curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
-    } else {
-      curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, form.data);
-      curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)form.len);
-    }
-    vpp_transfer_finish(t, curl_easy_perform(t->easy));
-    curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, NULL);
-    vpp_transfer_release(t);
-  }
-  vpp_buf_free(&url);
-  wipe_buf(&form);
+  if (!ok) vpp_auth_request_free(rq);
   return ok;
 }
 
@@ -328,7 +288,7 @@ static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
     message = lua_tostring(L, -1);
   }
   if (!message) message = lua_pushfstring(L, "HTTP %d from the token endpoint", (int)r->status);
-  vpp_error_push(L, "auth", r->status, code ? code : "invalid_response", message, NULL);
+  vpp_error_push(L, "auth", r->status, code ? code : VPP_CODE(invalid_response), message, NULL);
   if (body) {
     static const char *const copied[][2] = {
         {"error_codes", "aad_codes"}, {"trace_id", "trace_id"}, {"correlation_id", "correlation_id"}};
@@ -341,25 +301,13 @@ static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
   return 2;
 }
 
-/* Fetches a token into the cache: 1; or 0 with nil, err pushed. */
-static int fetch(lua_State *L, vpp_client *c, int client_idx) {
-  vpp_auth *a = &c->auth;
-  vpp_reply *r;
-  vpp_jwt_error e;
+/* Reads the token request's answer into the cache: 1; or 0 with nil, err
+ * pushed. */
+int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r) {
   const char *token;
   size_t len;
   int top = lua_gettop(L), body = 0;
   double lifetime;
-  if (!a->fetcher && !(a->fetcher = vpp_transfer_new(c))) {
-    auth_error(L, "out_of_memory", "cannot create a libcurl handle", 0);
-    return 0;
-  }
-  if (!send_request(c, a->fetcher, &e)) {
-    auth_error(L, e.code, e.message, 0);
-    return 0;
-  }
-  vpp_transfer_trace(L, client_idx, a->fetcher, a->kind == VPP_CRED_MANAGED ? "GET" : "POST", 1);
-  r = &a->fetcher->reply;
   if (r->curl_code != CURLE_OK) {
     auth_error(L, vpp_curl_code_name(r->curl_code),
                r->curl_message[0] ? r->curl_message : curl_easy_strerror(r->curl_code), 0);
@@ -378,79 +326,42 @@ static int fetch(lua_State *L, vpp_client *c, int client_idx) {
   lifetime = number_field(L, body, "expires_in");
   if (lua_type(L, -1) != LUA_TSTRING || len == 0 || !(lifetime > 0)) {
     lua_settop(L, top);
-    auth_error(L, "invalid_response", "the token endpoint answered without access_token and expires_in", r->status);
+    auth_error(L, VPP_CODE(invalid_response), "the token endpoint answered without access_token and expires_in",
+               r->status);
     return 0;
   }
   if (!keep(a, token, len, lifetime)) {
     lua_settop(L, top);
-    auth_error(L, "out_of_memory", "not enough memory for the token", 0);
+    auth_error(L, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
     return 0;
   }
   lua_settop(L, top);
   return 1;
 }
 
-/* Calls the access_token function: (token [, expires_at]). */
-static int call_provider(lua_State *L, vpp_client *c, int client_idx) {
+/* Calls the access_token function (uv.access_token): (token [, expires_at]).
+ * 1 with the token cached; or 0 with nil, err pushed. */
+int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv) {
   const char *token;
   size_t len;
   double lifetime = 0;
-  lua_getiuservalue(L, client_idx, 1);
-  lua_getfield(L, -1, "access_token");
-  lua_remove(L, -2);
+  lua_getfield(L, uv, "access_token");
   lua_call(L, 0, 2); /* the client is busy: the function cannot close or use it */
   token = lua_tolstring(L, -2, &len);
   if (lua_type(L, -2) != LUA_TSTRING || len == 0) {
     lua_pop(L, 2);
-    auth_error(L, "no_token", "the access_token function returned no token", 0);
+    auth_error(L, VPP_CODE(no_token), "the access_token function returned no token", 0);
     return 0;
   }
   if (lua_type(L, -1) == LUA_TNUMBER) {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    lifetime = lua_tonumber(L, -1) - ((double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+    lifetime = lua_tonumber(L, -1) - vpp_epoch();
     if (!(lifetime > 0)) lifetime = 0;
   }
-  if (!keep(&c->auth, token, len, lifetime)) {
+  if (!keep(a, token, len, lifetime)) {
     lua_pop(L, 2);
-    auth_error(L, "out_of_memory", "not enough memory for the token", 0);
+    auth_error(L, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
     return 0;
   }
   lua_pop(L, 2);
-  return 1;
-}
-
-/* The token to send: *token stays valid until the next call.  Returns 1, or
- * 0 with nil, err pushed.  A fetch that failed is not repeated within the
- * same engine run: the other jobs of a batch get the same error. */
-int vpp_auth_token(lua_State *L, vpp_client *c, int client_idx, const char **token, size_t *len) {
-  vpp_auth *a = &c->auth;
-  if (a->kind == VPP_CRED_STATIC) {
-    lua_getiuservalue(L, client_idx, 1);
-    lua_getfield(L, -1, "access_token");
-    *token = lua_tolstring(L, -1, len);
-    lua_pop(L, 2); /* anchored by the user value table */
-    return 1;
-  }
-  if (!a->token || vpp_now() >= a->refresh_at || a->refresh_at == 0) {
-    if (a->kind == VPP_CRED_FUNCTION) {
-      if (!call_provider(L, c, client_idx)) return 0;
-    } else if (a->failed_run == c->run) {
-      lua_pushnil(L);
-      lua_getiuservalue(L, client_idx, 1);
-      lua_getfield(L, -1, "auth_error");
-      lua_remove(L, -2);
-      return 0;
-    } else if (!fetch(L, c, client_idx)) {
-      a->failed_run = c->run;
-      lua_getiuservalue(L, client_idx, 1);
-      lua_pushvalue(L, -2);
-      lua_setfield(L, -2, "auth_error");
-      lua_pop(L, 1);
-      return 0;
-    }
-  }
-  *token = a->token;
-  *len = a->token_len;
   return 1;
 }

@@ -68,14 +68,9 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
 }
 
 static void check_opts_keys(lua_State *L, int opts, vpp_action action) {
-  lua_pushnil(L);
-  while (lua_next(L, opts)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    lua_pop(L, 1);
-    if (strcmp(k, "concurrency") != 0 && strcmp(k, "on_result") != 0 &&
-        (action == VPP_GET_TOKEN || (strcmp(k, "action") != 0 && strcmp(k, "organization_id") != 0)))
-      luaL_error(L, "vpp: unknown option '%s'", luaL_tolstring(L, -1, NULL));
-  }
+  static const char *const sync_keys[] = {"concurrency", "on_result", "action", "organization_id", NULL};
+  static const char *const get_keys[] = {"concurrency", "on_result", NULL};
+  vpp_check_keys(L, opts, action == VPP_GET_TOKEN ? get_keys : sync_keys, "option", "");
 }
 
 static vpp_action read_action(lua_State *L, int opts) {
@@ -136,14 +131,20 @@ static int run_many(lua_State *L, vpp_action action) {
   } else {
     lua_pushnil(L);
   }
-  /* 5: the URLs, in input order */
+  /* 5: the URLs, in input order; the ids as they are now, in a table of
+   * our own (2), so that results keep them whatever a callback does to
+   * the caller's list. */
+  lua_createtable(L, n, 0);
   lua_createtable(L, n, 0);
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
-    vpp_client_push_action_url(L, c, action, 4, 6);
+    lua_pushvalue(L, -1);
+    lua_rawseti(L, 6, i);
+    vpp_client_push_action_url(L, c, action, 4, 7);
     lua_rawseti(L, 5, i);
     lua_pop(L, 1);
   }
+  lua_replace(L, 2);
   lua_createtable(L, n, 2); /* 6: the results */
   /* 7, 8: job state in Lua-owned memory, so a raise leaves nothing to free */
   m.b.jobs = lua_newuserdatauv(L, (size_t)n * sizeof(vpp_job) + 1, 0);

@@ -5,45 +5,13 @@
  * acquired, and one idempotent close serves close, __gc and __close. */
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
-#include <time.h>
 
 #include "vpp.h"
 
-#define DEFAULT_MAX_RESPONSE_BYTES (16L * 1024 * 1024)
-
-#define DEFAULT_MAX_RETRIES     3
-#define DEFAULT_MAX_RETRY_DELAY 60.0
 /* Intune's documented limits: 100 writes and 1000 requests per 20 s. */
 #define DEFAULT_RATE_WRITES   100
 #define DEFAULT_RATE_REQUESTS 1000
 #define DEFAULT_RATE_PER      20.0
-
-static const char *const option_names[] = {"access_token",
-                                           "base_url",
-                                           "api_version",
-                                           "timeout",
-                                           "connect_timeout",
-                                           "stall_timeout",
-                                           "ca_file",
-                                           "user_agent",
-                                           "max_response_bytes",
-                                           "max_retries",
-                                           "max_retry_delay",
-                                           "rate_limit",
-                                           "tenant_id",
-                                           "client_id",
-                                           "client_secret",
-                                           "client_certificate",
-                                           "client_key",
-                                           "client_key_password",
-                                           "managed_identity",
-                                           "imds_url",
-                                           "authority",
-                                           "scope",
-                                           "cloud",
-                                           "on_request",
-                                           NULL};
 
 vpp_client *vpp_client_check(lua_State *L, int idx) {
   vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
@@ -52,64 +20,11 @@ vpp_client *vpp_client_check(lua_State *L, int idx) {
   return c;
 }
 
-uint64_t vpp_client_random(vpp_client *c) { /* xorshift128+ */
-  uint64_t x = c->rng[0], y = c->rng[1];
-  c->rng[0] = y;
-  x ^= x << 23;
-  c->rng[1] = x ^ y ^ (x >> 17) ^ (y >> 26);
-  return c->rng[1] + y;
-}
-
 /* ---- settings ---------------------------------------------------------- */
 
 static void check_opts(lua_State *L, int idx) {
   if (!lua_isnoneornil(L, idx) && !lua_istable(L, idx))
     luaL_argerror(L, idx, lua_pushfstring(L, "opts must be a table, got %s", luaL_typename(L, idx)));
-}
-
-static void check_known_options(lua_State *L, int opts) {
-  lua_pushnil(L);
-  while (lua_next(L, opts)) {
-    int i, known = 0;
-    lua_pop(L, 1);
-    if (lua_type(L, -1) == LUA_TSTRING)
-      for (i = 0; option_names[i]; i++)
-        if (strcmp(lua_tostring(L, -1), option_names[i]) == 0) known = 1;
-    if (!known) luaL_error(L, "vpp: unknown option '%s'", luaL_tolstring(L, -1, NULL));
-  }
-}
-
-/* Reads opts[name] when present: it must have type t. */
-static int get_option(lua_State *L, int opts, const char *name, int t, const char *expected) {
-  if (!opts) return 0;
-  lua_getfield(L, opts, name);
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    return 0;
-  }
-  if (lua_type(L, -1) != t) luaL_error(L, "vpp: opts.%s must be %s (got %s)", name, expected, luaL_typename(L, -1));
-  return 1;
-}
-
-static double number_option(lua_State *L, int opts, const char *name, double dflt) {
-  double v;
-  if (!get_option(L, opts, name, LUA_TNUMBER, "a positive number")) return dflt;
-  v = lua_tonumber(L, -1);
-  lua_pop(L, 1);
-  if (!(v > 0) || v > 1e9) luaL_error(L, "vpp: opts.%s must be a positive number of seconds", name);
-  return v;
-}
-
-static lua_Integer integer_option(lua_State *L, int opts, const char *name, lua_Integer dflt, lua_Integer min,
-                                  lua_Integer max) {
-  lua_Integer v;
-  int isint;
-  if (!get_option(L, opts, name, LUA_TNUMBER, "an integer")) return dflt;
-  v = lua_tointegerx(L, -1, &isint);
-  lua_pop(L, 1);
-  if (!isint || v < min || v > max)
-    luaL_error(L, "vpp: opts.%s must be an integer from %d to %d", name, (int)min, (int)max);
-  return v;
 }
 
 static double rate_field(lua_State *L, int t, const char *k, double dflt) {
@@ -129,6 +44,7 @@ static double rate_field(lua_State *L, int t, const char *k, double dflt) {
 /* rate_limit: absent or true (Intune's limits), false (off), or a table
  * { writes = n, requests = m, per = seconds }. */
 static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
+  static const char *const keys[] = {"writes", "requests", "per", NULL};
   double writes = DEFAULT_RATE_WRITES, requests = DEFAULT_RATE_REQUESTS, per = DEFAULT_RATE_PER;
   int t;
   memset(r, 0, sizeof *r);
@@ -143,14 +59,7 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
   }
   if (t == LUA_TTABLE) {
     int rl = lua_gettop(L);
-    lua_pushnil(L);
-    while (lua_next(L, rl)) {
-      const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-      lua_pop(L, 1);
-      if (strcmp(k, "writes") != 0 && strcmp(k, "requests") != 0 && strcmp(k, "per") != 0)
-        luaL_error(L, "vpp: unknown rate_limit key '%s' (expected writes, requests or per)",
-                   luaL_tolstring(L, -1, NULL));
-    }
+    vpp_check_keys(L, rl, keys, "rate_limit key", " (expected writes, requests or per)");
     writes = rate_field(L, rl, "writes", writes);
     requests = rate_field(L, rl, "requests", requests);
     per = rate_field(L, rl, "per", per);
@@ -161,41 +70,15 @@ static void read_rate_limit(lua_State *L, int opts, vpp_ratelimit *r) {
   vpp_rate_init(r, writes, requests, per);
 }
 
-/* Pops the string on top of the stack into uv[name] and returns it: the
- * user value table keeps it alive as long as the client. */
-const char *vpp_anchor(lua_State *L, int uv, const char *name) {
-  const char *s;
-  lua_setfield(L, uv, name);
-  lua_getfield(L, uv, name);
-  s = lua_tostring(L, -1);
-  lua_pop(L, 1);
-  return s;
-}
-
-/* opts[name] when present: a non-empty string without NUL bytes (C would
- * see a shorter one), anchored in uv; NULL when absent.  With printable,
- * control characters are refused too: those strings go into URLs and
- * request headers. */
-const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable) {
-  const char *s;
-  size_t i, n;
-  if (!get_option(L, opts, name, LUA_TSTRING, "a non-empty string")) return NULL;
-  s = lua_tolstring(L, -1, &n);
-  if (n == 0) luaL_error(L, "vpp: opts.%s must be a non-empty string", name);
-  for (i = 0; i < n; i++) {
-    if (printable && ((unsigned char)s[i] < 0x20 || s[i] == 0x7f))
-      luaL_error(L, "vpp: opts.%s must not contain control characters", name);
-    if (s[i] == '\0') luaL_error(L, "vpp: opts.%s must not contain NUL bytes", name);
-  }
-  return vpp_anchor(L, uv, name);
-}
-
 static const char *read_base_url(lua_State *L, int opts, int uv, const char *dflt, vpp_origin *origin) {
   const char *s = vpp_string_option(L, opts, uv, "base_url", 1);
   size_t n;
-  if (!s) s = dflt;
-  if (strchr(s, '?') || strchr(s, '#') || !vpp_url_origin(s, origin))
-    luaL_error(L, "vpp: opts.base_url must be an http(s) URL without query or fragment");
+  if (!s) {
+    lua_pushstring(L, dflt);
+    vpp_anchor(L, uv, "base_url");
+  }
+  s = vpp_url_option(L, uv, "base_url", 0);
+  vpp_url_origin(s, origin);
   n = strlen(s);
   while (n > 0 && s[n - 1] == '/') n--;
   lua_pushlstring(L, s, n);
@@ -216,14 +99,6 @@ static const char *read_api_version(lua_State *L, int opts, int uv) {
 
 /* ---- life cycle -------------------------------------------------------- */
 
-static void seed_rng(vpp_client *c) {
-  if (getrandom(c->rng, sizeof c->rng, GRND_NONBLOCK) != (ssize_t)sizeof c->rng) {
-    c->rng[0] = (uint64_t)time(NULL) ^ (uint64_t)(uintptr_t)c;
-    c->rng[1] = (uint64_t)clock() ^ 0x9e3779b97f4a7c15ULL;
-  }
-  if (!c->rng[0] && !c->rng[1]) c->rng[1] = 1;
-}
-
 /* The default User-Agent, kept in the user value table like the others. */
 static const char *default_user_agent(lua_State *L, int uv) {
   lua_pushfstring(L, "lua-vpp/%s libcurl/%s", VPP_VERSION, curl_version_info(CURLVERSION_NOW)->version);
@@ -234,33 +109,18 @@ static const char *default_user_agent(lua_State *L, int uv) {
 static int client_new(lua_State *L) {
   int opts = lua_isnoneornil(L, 1) ? 0 : 1, uv;
   vpp_client s, *c;
-  lua_Integer max_bytes;
   const char *graph;
   memset(&s, 0, sizeof s);
   check_opts(L, 1);
   lua_settop(L, opts ? 1 : 0);
-  if (opts) check_known_options(L, opts);
   lua_newtable(L);
   uv = lua_gettop(L);
+  vpp_options_read(L, opts, uv, &s.s);
   vpp_auth_read(L, opts, uv, &s.auth, &graph);
   s.base_url = read_base_url(L, opts, uv, graph, &s.origin);
   s.api_version = read_api_version(L, opts, uv);
-  s.timeout_ms = (long)(number_option(L, opts, "timeout", 60) * 1000);
-  s.connect_timeout_ms = (long)(number_option(L, opts, "connect_timeout", 10) * 1000);
-  s.stall_seconds = number_option(L, opts, "stall_timeout", 30);
-  max_bytes = integer_option(L, opts, "max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES, 1, 0x7fffffff);
-  s.max_response_bytes = (size_t)max_bytes;
-  s.max_retries = (int)integer_option(L, opts, "max_retries", DEFAULT_MAX_RETRIES, 0, 100);
-  s.max_retry_delay = number_option(L, opts, "max_retry_delay", DEFAULT_MAX_RETRY_DELAY);
   read_rate_limit(L, opts, &s.rate);
-  s.ca_file = vpp_string_option(L, opts, uv, "ca_file", 1);
-  s.user_agent = vpp_string_option(L, opts, uv, "user_agent", 1);
-  if (get_option(L, opts, "on_request", LUA_TFUNCTION, "a function")) {
-    lua_setfield(L, uv, "on_request");
-    s.traced = 1;
-  }
-  if (!s.user_agent) s.user_agent = default_user_agent(L, uv);
-  seed_rng(&s);
+  if (!s.s.user_agent) s.s.user_agent = default_user_agent(L, uv);
 
   c = lua_newuserdatauv(L, sizeof *c, 1);
   *c = s;
@@ -274,18 +134,12 @@ static int client_new(lua_State *L) {
 }
 
 static void client_release(vpp_client *c) {
-  int i;
+  vpp_engine_release(c);
   vpp_auth_release(&c->auth);
-  for (i = 0; i < c->pool_size; i++) vpp_transfer_free(c->pool[i]);
-  free(c->pool);
-  c->pool = NULL;
-  c->pool_size = 0;
-  if (c->multi) {
-    curl_multi_cleanup(c->multi);
-    c->multi = NULL;
-  }
 }
 
+/* close() and __close: not from the client's own callbacks, where the
+ * engine still needs it. */
 static int client_close(lua_State *L) {
   vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
   if (c->busy) return luaL_error(L, "vpp: the client cannot be closed from its own callbacks");
@@ -293,8 +147,23 @@ static int client_close(lua_State *L) {
   return 0;
 }
 
+/* __gc never raises.  Busy here means the state is being closed from
+ * inside a callback (os.exit(code, true)): nothing will run the engine
+ * again, so everything goes. */
+static int client_gc(lua_State *L) {
+  client_release(lua_touserdata(L, 1));
+  return 0;
+}
+
+/* client:config(): the effective settings, without any secret. */
 static int client_config(lua_State *L) {
-  vpp_auth_push_config(L, vpp_client_check(L, 1));
+  vpp_client *c = vpp_client_check(L, 1);
+  lua_createtable(L, 0, 10);
+  lua_pushstring(L, c->base_url);
+  lua_setfield(L, -2, "base_url");
+  lua_pushstring(L, c->api_version);
+  lua_setfield(L, -2, "api_version");
+  vpp_auth_push_config(L, &c->auth);
   return 1;
 }
 
@@ -408,13 +277,8 @@ static void push_encoded(lua_State *L, int idx) {
 static void push_query(lua_State *L, int q) {
   int sel = lua_gettop(L) + 1;
   const char *sep = "?";
-  lua_pushnil(L);
-  while (lua_next(L, q)) {
-    const char *k = lua_type(L, -2) == LUA_TSTRING ? lua_tostring(L, -2) : "";
-    if (strcmp(k, "select") != 0 && strcmp(k, "top") != 0 && strcmp(k, "filter") != 0)
-      luaL_error(L, "vpp: unknown query key '%s' (expected select, top or filter)", luaL_tolstring(L, -2, NULL));
-    lua_pop(L, 1);
-  }
+  static const char *const keys[] = {"select", "top", "filter", NULL};
+  vpp_check_keys(L, q, keys, "query key", " (expected select, top or filter)");
   lua_getfield(L, q, "select");
   if (lua_type(L, sel) == LUA_TSTRING) {
     lua_createtable(L, 1, 0);
@@ -467,6 +331,7 @@ static void push_query(lua_State *L, int q) {
 static int do_list_tokens(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   int out, seen;
+  lua_Integer pages = 0;
   const char *url = NULL;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
@@ -492,13 +357,17 @@ static int do_list_tokens(lua_State *L) {
     lua_pop(L, 1); /* the URL just fetched */
     if ((n = vpp_decode_page(L, &t->reply, out, &url))) return n;
     if (!url) break;
+    if (++pages >= c->s.max_pages)
+      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(too_many_pages),
+                            "list_tokens stopped after max_pages pages: Graph keeps sending @odata.nextLink",
+                            &t->reply);
     if (!vpp_url_same_origin(&c->origin, url))
-      return vpp_error_push(L, "decode", t->reply.status, "foreign_next_link",
+      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
                             "@odata.nextLink points to another scheme, host or port than base_url", &t->reply);
     lua_pushvalue(L, -1);
     lua_rawget(L, seen);
     if (lua_toboolean(L, -1))
-      return vpp_error_push(L, "decode", t->reply.status, "next_link_loop",
+      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(next_link_loop),
                             "@odata.nextLink points to a page already fetched", &t->reply);
     lua_pop(L, 1);
   }
@@ -535,13 +404,12 @@ int vpp_client_open_lib(lua_State *L) {
                                      {"close", client_close},
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {
-      {"__gc", client_close}, {"__close", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
+      {"__gc", client_gc}, {"__close", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
       {"new", client_new}, {"sync_licenses", mod_sync_licenses}, {"sync_apps", mod_sync_apps}, {NULL, NULL}};
   luaL_newmetatable(L, VPP_CLIENT_MT);
   luaL_setfuncs(L, meta, 0);
   luaL_newlib(L, methods);
-  vpp_batch_open(L, lua_gettop(L));
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
   lua_remove(L, -2);

@@ -50,14 +50,27 @@ static void normalize(lua_State *L, int t) {
 #endif
 }
 
+/* lua-cjson's messages for a body that is not JSON. */
+static int json_syntax_error(lua_State *L) {
+  static const char *const prefixes[] = {"Expected ", "Found too many nested data structures",
+                                         "JSON parser does not support", NULL};
+  const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
+  int i;
+  for (i = 0; prefixes[i]; i++)
+    if (strncmp(m, prefixes[i], strlen(prefixes[i])) == 0) return 1;
+  return 0;
+}
+
 /* Pushes the decoded body and returns 1, or pushes cjson's message and
- * returns 0.  Running out of memory is not a bad body: it propagates. */
+ * returns 0.  Only a syntax error is a bad body: anything else raised in
+ * there (out of memory, a hook's error such as lua.c's "interrupted!")
+ * propagates as it was raised. */
 int vpp_decode_body(lua_State *L, const char *data, size_t len) {
   int status;
   lua_getfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
   lua_pushlstring(L, data, len);
   status = lua_pcall(L, 1, 1, 0);
-  if (status == LUA_ERRMEM) lua_error(L);
+  if (status != LUA_OK && (status != LUA_ERRRUN || !json_syntax_error(L))) lua_error(L);
   if (status != LUA_OK) return 0;
   if (lua_type(L, -1) == LUA_TTABLE) normalize(L, lua_gettop(L));
   return 1;
@@ -73,7 +86,7 @@ static int blank(const vpp_buf *b) {
 }
 
 static int decode_error(lua_State *L, vpp_reply *r, const char *what) {
-  return vpp_error_push(L, "decode", r->status, "invalid_response", what, r);
+  return vpp_error_push(L, "decode", r->status, VPP_CODE(invalid_response), what, r);
 }
 
 /* Decodes a JSON object body; returns 1 with it pushed, or 2 with nil, err. */
@@ -106,6 +119,24 @@ int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen) 
   return 1;
 }
 
+/* A JSON array (keys 1..n and nothing else; [] decodes to an empty
+ * table) whose items are all objects. */
+static int is_list_of_objects(lua_State *L, int t) {
+  lua_Integer n, keys = 0;
+  if (lua_type(L, t) != LUA_TTABLE) return 0;
+  n = (lua_Integer)lua_rawlen(L, t);
+  lua_pushnil(L);
+  while (lua_next(L, t)) {
+    keys++;
+    if (!is_object(L, -1)) {
+      lua_pop(L, 2);
+      return 0;
+    }
+    lua_pop(L, 1);
+  }
+  return keys == n;
+}
+
 /* A 2xx list page: appends its "value" items to the table at `out` and
  * leaves the @odata.nextLink (or nil) pushed, returning 0; or returns 2
  * with nil, err pushed. */
@@ -115,7 +146,7 @@ int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   if ((n = decode_object(L, r)) != 1) return n;
   page = lua_gettop(L);
   lua_getfield(L, page, "value");
-  if (lua_type(L, -1) != LUA_TTABLE) return decode_error(L, r, "the page has no \"value\" array");
+  if (!is_list_of_objects(L, lua_gettop(L))) return decode_error(L, r, "the page's \"value\" is not an array of objects");
   len = (lua_Integer)lua_rawlen(L, -1);
   dst = (lua_Integer)lua_rawlen(L, out);
   for (i = 1; i <= len; i++) {
@@ -174,7 +205,7 @@ int vpp_reply_ok(const vpp_reply *r) {
 /* Pushes nil, err for a reply that is not a 2xx. */
 int vpp_reply_error(lua_State *L, vpp_reply *r) {
   if (r->redirect_refused)
-    return vpp_error_push(L, "http", r->status, "redirect_refused",
+    return vpp_error_push(L, "http", r->status, VPP_CODE(redirect_refused),
                           "refused to follow a redirect to another scheme, host or port", r);
   if (r->curl_code != CURLE_OK) return vpp_error_transport(L, r);
   return http_error(L, r);

@@ -104,45 +104,45 @@ int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e) {
   pw.password = p->key_password;
   pw.asked = 0;
   if (!(bio = BIO_new_file(p->cert_path, "r"))) {
-    fail(e, "certificate_unreadable", "cannot read the client_certificate file");
+    fail(e, VPP_CODE(certificate_unreadable), "cannot read the client_certificate file");
     goto done;
   }
   if (!(cert = PEM_read_bio_X509(bio, NULL, give_password, &pw))) {
-    fail(e, "certificate_invalid", "no PEM certificate in the client_certificate file");
+    fail(e, VPP_CODE(certificate_invalid), "no PEM certificate in the client_certificate file");
     goto done;
   }
   if (p->key_path) {
     BIO_free(bio);
     if (!(bio = BIO_new_file(p->key_path, "r"))) {
-      fail(e, "key_unreadable", "cannot read the client_key file");
+      fail(e, VPP_CODE(key_unreadable), "cannot read the client_key file");
       goto done;
     }
   } else if (BIO_reset(bio) < 0) {
-    fail(e, "key_unreadable", "cannot read the client_certificate file again");
+    fail(e, VPP_CODE(key_unreadable), "cannot read the client_certificate file again");
     goto done;
   }
   pw.asked = 0;
   if (!(key = PEM_read_bio_PrivateKey(bio, NULL, give_password, &pw))) {
     if (pw.asked)
-      fail(e, "key_password", "the private key could not be decrypted: wrong or missing client_key_password");
+      fail(e, VPP_CODE(key_password), "the private key could not be decrypted: wrong or missing client_key_password");
     else
-      fail(e, "key_invalid", "no PEM private key in the certificate or key file");
+      fail(e, VPP_CODE(key_invalid), "no PEM private key in the certificate or key file");
     goto done;
   }
   if (X509_check_private_key(cert, key) != 1) {
-    fail(e, "key_mismatch", "the private key does not match the certificate");
+    fail(e, VPP_CODE(key_mismatch), "the private key does not match the certificate");
     goto done;
   }
   if (EVP_PKEY_base_id(key) != EVP_PKEY_RSA) {
-    fail(e, "unsupported_key", "PS256 needs an RSA key");
+    fail(e, VPP_CODE(unsupported_key), "PS256 needs an RSA key");
     goto done;
   }
   if (!X509_digest(cert, EVP_sha256(), thumb, &thumb_len)) {
-    fail(e, "certificate_invalid", "cannot compute the certificate thumbprint");
+    fail(e, VPP_CODE(certificate_invalid), "cannot compute the certificate thumbprint");
     goto done;
   }
 
-  fail(e, "out_of_memory", "not enough memory for the client assertion");
+  fail(e, VPP_CODE(out_of_memory), "not enough memory for the client assertion");
   if (!append_str(&header, "{\"alg\":\"PS256\",\"typ\":\"JWT\",\"x5t#S256\":\"") ||
       !b64url(&header, thumb, thumb_len) || !append_str(&header, "\"}"))
     goto done;
@@ -157,7 +157,7 @@ int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e) {
     goto done;
   signed_len = out->len;
 
-  fail(e, "signing_failed", "cannot sign the client assertion");
+  fail(e, VPP_CODE(signing_failed), "cannot sign the client assertion");
   if (!(md = EVP_MD_CTX_new()) || EVP_DigestSignInit(md, &pctx, EVP_sha256(), NULL, key) != 1 ||
       EVP_PKEY_CTX_set_rsa_padding(pctx, RSA_PKCS1_PSS_PADDING) != 1 ||
       EVP_PKEY_CTX_set_rsa_pss_saltlen(pctx, RSA_PSS_SALTLEN_DIGEST) != 1 ||
@@ -166,7 +166,7 @@ int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e) {
       EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)out->data, signed_len) != 1)
     goto done;
   if (!vpp_buf_append(out, ".", 1) || !b64url(out, sig, sig_len)) {
-    fail(e, "out_of_memory", "not enough memory for the client assertion");
+    fail(e, VPP_CODE(out_of_memory), "not enough memory for the client assertion");
     goto done;
   }
   ok = 1;

@@ -8,7 +8,7 @@
 
 #include "vpp.h"
 
-#define BACKOFF_BASE_SECONDS 1.0
+#define BACKOFF_FLOOR_SECONDS 1.0
 
 /* Seconds to wait that a Retry-After value asks for: delta-seconds, with or
  * without a fraction ("120", "2.128"), or an HTTP-date (any of the three
@@ -48,11 +48,14 @@ int vpp_retry_after(const char *value, double now_epoch, double *seconds) {
   }
 }
 
-/* "Full jitter": a uniform wait in [0, min(cap, base * 2^(attempt-1))). */
+/* Full jitter above a floor: uniform in [1 s, min(cap, 2^attempt s)), so
+ * even the first retry gives a throttled service a second.  A cap below
+ * the floor (max_retry_delay set so by the caller) is the wait. */
 double vpp_backoff(int attempt, double cap, double unit_random) {
-  double ceiling = BACKOFF_BASE_SECONDS * ldexp(1.0, attempt > 30 ? 30 : attempt - 1);
+  double ceiling = BACKOFF_FLOOR_SECONDS * ldexp(1.0, attempt > 30 ? 30 : attempt);
   if (ceiling > cap) ceiling = cap;
-  return ceiling * unit_random;
+  if (ceiling <= BACKOFF_FLOOR_SECONDS) return ceiling;
+  return BACKOFF_FLOOR_SECONDS + (ceiling - BACKOFF_FLOOR_SECONDS) * unit_random;
 }
 
 static void bucket_init(vpp_bucket *b, double capacity, double per) {

@@ -80,6 +80,28 @@ int vpp_url_origin(const char *url, vpp_origin *out) {
   return ok;
 }
 
+/* localhost, 127.0.0.0/8 or ::1: where plain http cannot be overheard. */
+int vpp_url_loopback(const vpp_origin *o) {
+  const char *h = o->host;
+  if (strcmp(h, "localhost") == 0 || strcmp(h, "[::1]") == 0) return 1;
+  if (strncmp(h, "127.", 4) != 0) return 0;
+  for (h += 4; *h; h++)
+    if (!isdigit((unsigned char)*h) && *h != '.') return 0;
+  return 1;
+}
+
+/* user:password@ in the authority: it would be sent, and echoed. */
+int vpp_url_has_userinfo(const char *url) {
+  CURLU *u = curl_url();
+  char *user = NULL;
+  int has;
+  if (!u) return 1; /* refuse what cannot be checked */
+  has = curl_url_set(u, CURLUPART_URL, url, 0) != CURLUE_OK || curl_url_get(u, CURLUPART_USER, &user, 0) == CURLUE_OK;
+  curl_free(user);
+  curl_url_cleanup(u);
+  return has;
+}
+
 int vpp_url_same_origin(const vpp_origin *a, const char *url) {
   vpp_origin b;
   return vpp_url_origin(url, &b) && strcmp(a->scheme, b.scheme) == 0 && strcmp(a->host, b.host) == 0 &&

@@ -1,8 +1,5 @@
 /* Entry point of the C module `vpp.core`; the public module is lua/vpp.lua. */
-#include <errno.h>
 #include <pthread.h>
-#include <time.h>
-#include <unistd.h>
 
 #include "vpp.h"
 
@@ -16,13 +13,7 @@ static void curl_init_once(void) { curl_init_rc = curl_global_init(CURL_GLOBAL_D
 
 /* Timing primitives for the Lua helpers in lua/vpp/: Lua has none. */
 static int core_sleep(lua_State *L) {
-  double s = luaL_checknumber(L, 1);
-  struct timespec ts;
-  if (s <= 0) return 0;
-  ts.tv_sec = (time_t)s;
-  ts.tv_nsec = (long)((s - (double)ts.tv_sec) * 1e9);
-  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
-  }
+  vpp_sleep(luaL_checknumber(L, 1));
   return 0;
 }
 
@@ -32,15 +23,13 @@ static int core_clock(lua_State *L) {
 }
 
 static int core_time(lua_State *L) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  lua_pushnumber(L, (double)ts.tv_sec + (double)ts.tv_nsec / 1e9);
+  lua_pushnumber(L, vpp_epoch());
   return 1;
 }
 
 /* For the CLI: colour and progress only on a terminal. */
 static int core_isatty(lua_State *L) {
-  lua_pushboolean(L, isatty((int)luaL_checkinteger(L, 1)) == 1);
+  lua_pushboolean(L, vpp_isatty((int)luaL_checkinteger(L, 1)));
   return 1;
 }
 
@@ -52,11 +41,14 @@ int luaopen_vpp_core(lua_State *L) {
   vpp_error_setup(L);
   vpp_decode_setup(L);
   vpp_client_open_lib(L);
+  lua_getfield(L, -1, "client_methods");
+  vpp_batch_open(L, lua_gettop(L));
+  lua_pop(L, 1);
   luaL_setfuncs(L, timing, 0);
+  vpp_error_open(L, lua_gettop(L));
+  vpp_options_open(L, lua_gettop(L));
   lua_getfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
   lua_setfield(L, -2, "null");
-  luaL_getmetatable(L, VPP_ERROR_MT);
-  lua_setfield(L, -2, "error_mt");
   vpp_auth_push_clouds(L);
   lua_setfield(L, -2, "clouds");
   lua_pushliteral(L, VPP_VERSION);

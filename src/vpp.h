@@ -1,4 +1,7 @@
-/* lua-vpp internals shared by the C files; the Lua API is in vpp.c. */
+/* lua-vpp internals shared by the C files, one section per layer, lowest
+ * first.  A file calls only into the sections above its own (`make lint`
+ * checks the call graph with .ci/layers.lua); the Lua API is registered by
+ * vpp.c. */
 #ifndef VPP_H
 #define VPP_H
 
@@ -10,12 +13,22 @@
 #include <lauxlib.h>
 
 #include "compat.h"
+#include "codes.h"
 
 #define VPP_VERSION    "0.1.0"
 #define VPP_CLIENT_MT  "vpp.client"
 #define VPP_ERROR_MT   "vpp.error"
 #define VPP_DECODE_KEY "vpp.decode" /* registry: our private cjson decode */
 #define VPP_NULL_KEY   "vpp.null"   /* registry: cjson.null */
+
+/* ==== platform.c: the only file with OS services (POSIX clocks, sleep,
+ * terminals); a port to another system starts and ends there. ==== */
+double vpp_now(void);   /* monotonic seconds */
+double vpp_epoch(void); /* wall-clock seconds since 1970 */
+void vpp_sleep(double seconds);
+int vpp_isatty(int fd);
+
+/* ==== base.c: buffers, wiping, randomness (OpenSSL's RAND_bytes) ==== */
 
 /* A growable byte buffer owned by C; its owner frees it. */
 typedef struct vpp_buf {
@@ -24,13 +37,68 @@ typedef struct vpp_buf {
 } vpp_buf;
 
 int vpp_buf_append(vpp_buf *b, const char *s, size_t n); /* 0 on OOM */
+int vpp_buf_add(vpp_buf *b, const char *s);              /* a C string */
 void vpp_buf_free(vpp_buf *b);
+void vpp_buf_wipe(vpp_buf *b); /* overwrite, then free: it held a secret */
+void vpp_wipe(void *p, size_t n);
+int vpp_uuid(char out[40]);    /* a random (version 4) UUID; 0 on failure */
+double vpp_random_unit(void);  /* uniform in [0, 1) */
+extern const char *const vpp_code_names[];
+extern const char *const vpp_code_meanings[];
+#define VPP_CODE(name) (vpp_code_names[VPP_CODE_##name])
+
+/* ==== url.c, throttle.c, jwt.c: pure functions over C data ==== */
+
+/* Origin of a URL, for the same-host checks on nextLink and redirects. */
+typedef struct vpp_origin {
+  char scheme[16];
+  char host[256];
+  char port[8];
+} vpp_origin;
+
+size_t vpp_url_encode(char *out, const char *in, size_t len);
+void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len);
+int vpp_url_origin(const char *url, vpp_origin *out);
+int vpp_url_same_origin(const vpp_origin *a, const char *url);
+int vpp_url_loopback(const vpp_origin *o);
+int vpp_url_has_userinfo(const char *url);
+
+/* Token buckets for the proactive rate limit. */
+typedef struct vpp_bucket {
+  double capacity, tokens, per_second;
+} vpp_bucket;
+
+typedef struct vpp_ratelimit {
+  int enabled;
+  double last; /* monotonic time of the last refill */
+  vpp_bucket writes, requests;
+} vpp_ratelimit;
+
+int vpp_retry_after(const char *value, double now_epoch, double *seconds);
+double vpp_backoff(int attempt, double cap, double unit_random);
+void vpp_rate_init(vpp_ratelimit *r, double writes, double requests, double per);
+double vpp_rate_take(vpp_ratelimit *r, double now, int write);
+
+typedef struct vpp_jwt_params {
+  const char *cert_path, *key_path, *key_password, *audience, *client_id, *jti;
+  long now;
+} vpp_jwt_params;
+
+typedef struct vpp_jwt_error {
+  const char *code;
+  char message[160];
+} vpp_jwt_error;
+
+int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e);
+
+/* ==== errors.c, decode.c, options.c: Lua values from C data ==== */
 
 /* What one HTTP exchange left behind, filled by the libcurl callbacks. */
 typedef struct vpp_reply {
   long status;
   CURLcode curl_code;
   int too_large;              /* the body passed max_response_bytes */
+  int header_too_large;       /* a header line passed libcurl's limit */
   int out_of_memory;          /* the body could not be stored */
   int redirect_refused;       /* a redirect to another origin */
   int redirects;              /* same-origin redirects followed */
@@ -44,39 +112,80 @@ typedef struct vpp_reply {
   vpp_buf body;
 } vpp_reply;
 
-struct vpp_client;
+int vpp_error_push(lua_State *L, const char *kind, long status, const char *code, const char *message,
+                   const vpp_reply *reply);
+int vpp_error_transport(lua_State *L, const vpp_reply *reply);
+const char *vpp_curl_code_name(CURLcode rc);
+void vpp_error_open(lua_State *L, int module);
+void vpp_error_setup(lua_State *L);
 
-/* One easy handle of the client's pool, and the exchange it carries. */
+int vpp_decode_body(lua_State *L, const char *data, size_t len);
+int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
+int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
+int vpp_reply_ok(const vpp_reply *r);
+int vpp_reply_error(lua_State *L, vpp_reply *r);
+void vpp_decode_setup(lua_State *L);
+
+/* The client's plain settings, read from the one option table. */
+typedef struct vpp_settings {
+  double timeout, connect_timeout, stall_timeout, max_retry_delay;
+  lua_Integer max_response_bytes, max_retries, max_pages;
+  const char *ca_file, *user_agent; /* anchored in the user value table */
+  int traced;                       /* has an on_request function */
+} vpp_settings;
+
+void vpp_options_read(lua_State *L, int opts, int uv, vpp_settings *s);
+void vpp_check_keys(lua_State *L, int t, const char *const *names, const char *what, const char *tail);
+void vpp_options_open(lua_State *L, int module);
+const char *vpp_anchor(lua_State *L, int uv, const char *name);
+const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable);
+int vpp_option_present(lua_State *L, int opts, const char *name);
+enum { VPP_URL_HTTPS_DEFAULT = 1, VPP_URL_METADATA = 2 };
+const char *vpp_url_option(lua_State *L, int uv, const char *name, int flags);
+
+/* ==== transfer.c: one easy handle and the exchange it carries ==== */
+
+/* What to send: the caller keeps every string alive until prepare returns;
+ * the transfer copies the body (a token form holds a secret, wiped when
+ * the transfer is released). */
+typedef struct vpp_request {
+  int post;
+  const char *url;
+  const char *body;
+  size_t body_len;
+  const char *bearer; /* NULL: no Authorization header */
+  size_t bearer_len;
+  const char *const *headers; /* more header lines, NULL-terminated */
+  int request_id;             /* send a client-request-id */
+} vpp_request;
+
+enum { VPP_PREPARED, VPP_PREPARE_NOMEM, VPP_PREPARE_BAD_TOKEN, VPP_PREPARE_NO_RANDOM };
+
 typedef struct vpp_transfer {
   CURL *easy;
-  struct curl_slist *headers; /* only while attached */
-  struct vpp_client *client;
-  int job;                  /* the job it runs, -1 when idle */
+  struct curl_slist *headers; /* only while prepared */
+  vpp_buf body;               /* the request body, wiped on release */
+  const vpp_settings *settings;
+  int job;                  /* the job it runs; VPP_IDLE, VPP_TOKEN_JOB */
   unsigned auth_generation; /* of the token it sent */
   double active_at;         /* when a byte last moved (vpp_now) */
   curl_off_t moved;         /* bytes down and up by then */
+  const vpp_origin *origin; /* redirects stay within it */
   vpp_reply reply;
 } vpp_transfer;
 
-/* Origin of a URL, for the same-host checks on nextLink and redirects. */
-typedef struct vpp_origin {
-  char scheme[16];
-  char host[256];
-  char port[8];
-} vpp_origin;
+#define VPP_IDLE      (-1)
+#define VPP_TOKEN_JOB (-2)
 
-/* Token buckets for the proactive rate limit (throttle.c). */
-typedef struct vpp_bucket {
-  double capacity, tokens, per_second;
-} vpp_bucket;
+vpp_transfer *vpp_transfer_new(const vpp_settings *s, int pipewait);
+void vpp_transfer_free(vpp_transfer *t);
+int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq);
+void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
+void vpp_transfer_release(vpp_transfer *t);
+int vpp_transfer_redirect(vpp_transfer *t);
 
-typedef struct vpp_ratelimit {
-  int enabled;
-  double last; /* monotonic time of the last refill */
-  vpp_bucket writes, requests;
-} vpp_ratelimit;
-
-/* Credentials and the token cache (auth.c). */
+/* ==== auth.c: credentials and the token cache; describes token requests
+ * and reads their answers, sends nothing ==== */
 typedef enum { VPP_CRED_STATIC, VPP_CRED_FUNCTION, VPP_CRED_SECRET, VPP_CRED_CERTIFICATE, VPP_CRED_MANAGED } vpp_cred;
 
 typedef struct vpp_auth {
@@ -86,11 +195,30 @@ typedef struct vpp_auth {
   const char *authority, *scope, *imds_url, *cloud;
   char *token; /* the cached access token: C memory, wiped when dropped */
   size_t token_len;
-  double refresh_at;            /* monotonic time to fetch anew; 0: fetch now */
-  unsigned generation;          /* bumped at each new token */
-  unsigned failed_run;          /* the engine run whose fetch failed (see auth.c) */
-  struct vpp_transfer *fetcher; /* the handle token requests go through */
+  double refresh_at;   /* monotonic time to fetch anew; 0: fetch now */
+  unsigned generation; /* bumped at each new token */
 } vpp_auth;
+
+/* A token request as auth describes it: URL, form (may hold the secret or
+ * the assertion: wipe it) and whether it is a POST. */
+typedef struct vpp_token_request {
+  vpp_buf url, form;
+  int post, managed;
+} vpp_token_request;
+
+void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url);
+int vpp_auth_cached(const vpp_auth *a, double now);
+int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv);
+int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e);
+void vpp_auth_request_free(vpp_token_request *rq);
+int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r);
+int vpp_auth_refreshable(const vpp_auth *a);
+void vpp_auth_drop(vpp_auth *a, unsigned generation);
+void vpp_auth_release(vpp_auth *a);
+void vpp_auth_push_config(lua_State *L, const vpp_auth *a);
+void vpp_auth_push_clouds(lua_State *L);
+
+/* ==== engine.c: the only code that sends anything ==== */
 
 /* The client userdata.  Strings it points to (base_url, api_version, ...) are
  * Lua strings kept alive by the userdata's user value table. */
@@ -101,18 +229,18 @@ typedef struct vpp_client {
   int busy;             /* an engine run is under way */
   const char *base_url; /* no trailing slash */
   const char *api_version;
-  const char *ca_file, *user_agent;
-  long timeout_ms, connect_timeout_ms;
-  double stall_seconds;
-  size_t max_response_bytes;
-  int max_retries;
-  double max_retry_delay;
+  vpp_settings s;
   vpp_ratelimit rate;
   vpp_auth auth;
-  int traced;   /* has an on_request function */
   unsigned run; /* counts engine runs */
   vpp_origin origin;
-  uint64_t rng[2]; /* client-request-ids and jitter */
+  /* The token request (engine.c): its handle, state and retries. */
+  vpp_transfer *fetcher;
+  int fetching;         /* 0 idle, 1 on the multi handle, 2 waiting to retry */
+  int fetch_attempts;   /* tries of the current token request */
+  double fetch_at;      /* when a waiting token request may start */
+  unsigned failed_run;  /* the run whose token request failed for good */
+  double hold_until[2]; /* [0] reads, [1] writes: Graph said wait */
 } vpp_client;
 
 /* A run of the engine: n jobs, each a request to one URL. */
@@ -146,83 +274,18 @@ struct vpp_batch {
 #define VPP_RUN_URLS   3
 #define VPP_RUN_EXTRA  4
 
-/* The calls on one token, and the URL of each (client.c). */
-typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN } vpp_action;
-
-/* client.c */
-int vpp_client_open_lib(lua_State *L);
-vpp_client *vpp_client_check(lua_State *L, int idx);
-uint64_t vpp_client_random(vpp_client *c);
-const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
-const char *vpp_anchor(lua_State *L, int uv, const char *name);
-const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable);
-
-/* transfer.c */
-vpp_transfer *vpp_transfer_new(vpp_client *c);
-void vpp_transfer_free(vpp_transfer *t);
-int vpp_transfer_prepare(lua_State *L, vpp_transfer *t, int client_idx, int post, const char *url);
-void vpp_transfer_reset(vpp_transfer *t);
-void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
-void vpp_transfer_release(vpp_transfer *t);
-void vpp_transfer_trace(lua_State *L, int client_idx, vpp_transfer *t, const char *method, int attempt);
-int vpp_transfer_redirect(vpp_transfer *t);
-void vpp_new_uuid(vpp_client *c, char out[40]);
-
-/* engine.c */
 void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra);
 vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx);
-double vpp_now(void);
+void vpp_engine_release(vpp_client *c);
 
-/* throttle.c */
-int vpp_retry_after(const char *value, double now_epoch, double *seconds);
-double vpp_backoff(int attempt, double cap, double unit_random);
-void vpp_rate_init(vpp_ratelimit *r, double writes, double requests, double per);
-double vpp_rate_take(vpp_ratelimit *r, double now, int write);
+/* ==== client.c, batch.c: the Lua methods (registered by vpp.c) ==== */
 
-/* auth.c */
-void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url);
-int vpp_auth_token(lua_State *L, vpp_client *c, int client_idx, const char **token, size_t *len);
-int vpp_auth_refreshable(const vpp_client *c);
-void vpp_auth_drop(vpp_client *c, unsigned generation);
-void vpp_auth_release(vpp_auth *a);
-void vpp_auth_push_config(lua_State *L, const vpp_client *c);
-void vpp_auth_push_clouds(lua_State *L);
+/* The calls on one token, and the URL of each. */
+typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN } vpp_action;
 
-/* jwt.c */
-typedef struct vpp_jwt_params {
-  const char *cert_path, *key_path, *key_password, *audience, *client_id, *jti;
-  long now;
-} vpp_jwt_params;
-
-typedef struct vpp_jwt_error {
-  const char *code;
-  char message[160];
-} vpp_jwt_error;
-
-int vpp_jwt_assertion(const vpp_jwt_params *p, vpp_buf *out, vpp_jwt_error *e);
-
-/* batch.c */
+int vpp_client_open_lib(lua_State *L);
+vpp_client *vpp_client_check(lua_State *L, int idx);
+const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
 void vpp_batch_open(lua_State *L, int methods);
-
-/* url.c */
-size_t vpp_url_encode(char *out, const char *in, size_t len);
-void vpp_url_push_encoded(luaL_Buffer *b, const char *s, size_t len);
-int vpp_url_origin(const char *url, vpp_origin *out);
-int vpp_url_same_origin(const vpp_origin *a, const char *url);
-
-/* decode.c */
-int vpp_decode_body(lua_State *L, const char *data, size_t len);
-int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
-int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
-int vpp_reply_ok(const vpp_reply *r);
-int vpp_reply_error(lua_State *L, vpp_reply *r);
-void vpp_decode_setup(lua_State *L);
-
-/* errors.c */
-int vpp_error_push(lua_State *L, const char *kind, long status, const char *code, const char *message,
-                   const vpp_reply *reply);
-int vpp_error_transport(lua_State *L, const vpp_reply *reply);
-const char *vpp_curl_code_name(CURLcode rc);
-void vpp_error_setup(lua_State *L);
 
 #endif

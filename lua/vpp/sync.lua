@@ -5,20 +5,12 @@ local tokens = require "vpp.tokens"
 
 local methods = core.client_methods
 
-local function new_error(kind, code, message, fields)
-  local err = { kind = kind, code = code, message = message }
-  for k, v in pairs(fields or {}) do err[k] = v end
-  return setmetatable(err, core.error_mt)
-end
-
 local function check_keys(opts, allowed, fname)
   if opts == nil then return {} end
   if type(opts) ~= "table" then
     error(("bad argument #1 to '%s' (opts must be a table, got %s)"):format(fname, type(opts)), 3)
   end
-  for k in pairs(opts) do
-    if not allowed[k] then error(("vpp: unknown option '%s' for %s"):format(tostring(k), fname), 3) end
-  end
+  core._check_keys(opts, allowed, "option", " for " .. fname)
   return opts
 end
 
@@ -80,7 +72,7 @@ function methods:wait_for_sync(id_or_ids, opts)
     local left = deadline - core._clock()
     if #pending > 0 and left <= 0 then
       for _, k in ipairs(pending) do
-        results[k].err = new_error("timeout", "sync_timeout",
+        results[k].err = core._error("timeout", "sync_timeout",
           ("token %s was still syncing after %g s"):format(ids[k], timeout), { id = ids[k] })
         finish(k)
       end
