@@ -150,13 +150,16 @@ bench: deps
 	$(LUA) bench/run.lua
 
 # luacheck (.luacheckrc), cppcheck and clang-tidy (.clang-tidy) with zero
-# findings, and every C file as clang-format (.clang-format) would lay it out.
+# findings, every C file as clang-format (.clang-format) would lay it out,
+# and the C files in layers: no cycle in who calls whom, system calls only
+# in src/platform.c (.ci/layers.lua).
 # cppcheck's toomanyconfigs is a note that it tried 12 of compat.h's #if
 # combinations (each Lua is compiled and tested on its own), not a finding.
 C_FILES = $(SRCS) $(wildcard src/*.h spec/host/*.c fuzz/*.c fuzz/*.h)
 lint: deps
 	@sh .ci/deps.sh cppcheck clang-tidy clang-format
-	luacheck --no-color -q lua spec fake-graph bench examples bin/vpp
+	luacheck --no-color -q lua spec fake-graph bench examples bin/vpp .ci/layers.lua
+	$(LUA) .ci/layers.lua $(SRCS)
 	cppcheck --quiet --error-exitcode=1 --enable=warning,performance,portability --std=c99 \
 	  --inline-suppr --suppress=missingIncludeSystem --suppress=toomanyconfigs $(LUA_CFLAGS) src/ spec/host/ fuzz/
 	clang-tidy --quiet $(SRCS) spec/host/*.c fuzz/*.c -- $(VPP_CFLAGS)

@@ -36,6 +36,13 @@ function M.init(cfg)
   seed_tenant()
 end
 
+-- When a request came, to the millisecond (ngx.now() alone is the time
+-- the event loop last woke).
+local function now()
+  ngx.update_time()
+  return ngx.now()
+end
+
 local function uuid()
   return string.format("%08x-%04x-4%03x-%04x-%06x%06x", math.random(0, 0xffffffff),
     math.random(0, 0xffff), math.random(0, 0xfff), math.random(0x8000, 0xbfff),
@@ -314,9 +321,9 @@ local function assertion_problem(jwt, a, audience)
   if claims.aud ~= audience then return "aud must be the token endpoint: " .. audience end
   if claims.iss ~= a.client_id or claims.sub ~= a.client_id then return "iss and sub must be the client id" end
   if type(claims.jti) ~= "string" or claims.jti == "" then return "jti is missing" end
-  local now = ngx.time()
-  if type(claims.exp) ~= "number" or claims.exp < now then return "the assertion has expired" end
-  if type(claims.nbf) ~= "number" or claims.nbf > now + 60 then return "nbf is in the future" end
+  local t = ngx.time()
+  if type(claims.exp) ~= "number" or claims.exp < t then return "the assertion has expired" end
+  if type(claims.nbf) ~= "number" or claims.nbf > t + 60 then return "nbf is in the future" end
   return nil
 end
 
@@ -326,8 +333,8 @@ local function token_endpoint(method, tenant_id, query_path)
   local body = ngx.req.get_body_data() or ""
   local form = ngx.decode_args(body, 0)
   local h = ngx.req.get_headers()
-  dict:rpush("tokenlog", cjson.encode({ kind = "token", at = (ngx.update_time() or ngx.now()), method = method, tenant = tenant_id, raw = body,
-    content_type = h["content-type"], form = form }))
+  dict:rpush("tokenlog", cjson.encode({ kind = "token", at = now(), method = method, tenant = tenant_id,
+    raw = body, content_type = h["content-type"], form = form }))
   scripted("@token")
   local a = app()
   if method ~= "POST" then return identity_error(405, "invalid_request", 900561, "The endpoint only accepts POST.") end
@@ -366,7 +373,7 @@ end
 local function imds(query)
   dict:incr("stat:token_requests", 1, 0)
   local args, h = query_args(query), ngx.req.get_headers()
-  dict:rpush("tokenlog", cjson.encode({ kind = "imds", at = (ngx.update_time() or ngx.now()), args = args, metadata = h["metadata"] }))
+  dict:rpush("tokenlog", cjson.encode({ kind = "imds", at = now(), args = args, metadata = h["metadata"] }))
   scripted("@imds")
   if h["metadata"] ~= "true" then
     return send(400, cjson.encode({ error = "invalid_request", error_description = "Required metadata header not specified" }))
@@ -484,7 +491,7 @@ local function record(method, raw)
   if not setting("log") then return end
   local h = ngx.req.get_headers()
   dict:rpush("log", cjson.encode({
-    method = method, uri = raw, at = (ngx.update_time() or ngx.now()), connection = tonumber(ngx.var.connection),
+    method = method, uri = raw, at = now(), connection = tonumber(ngx.var.connection),
     protocol = ngx.var.server_protocol,
     authorization = h["authorization"], accept = h["accept"],
     client_request_id = h["client-request-id"], user_agent = h["user-agent"],

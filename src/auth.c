@@ -6,7 +6,6 @@
  * request and reads its answer; the engine sends it. */
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "vpp.h"
 
@@ -55,7 +54,8 @@ static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
     luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ... }");
   }
   lua_pop(L, 1);
-  a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 1) ? vpp_url_option(L, uv, "imds_url", VPP_URL_METADATA) : DEFAULT_IMDS_URL;
+  a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 1) ? vpp_url_option(L, uv, "imds_url", VPP_URL_METADATA)
+                                                              : DEFAULT_IMDS_URL;
 }
 
 /* Reads the credential and cloud settings; picks the default base URL. */
@@ -71,7 +71,9 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
   cl = find_cloud(L, name ? name : "global");
   a->cloud = cl->name;
   *base_url = cl->graph;
-  a->authority = vpp_string_option(L, opts, uv, "authority", 1) ? vpp_url_option(L, uv, "authority", VPP_URL_HTTPS_DEFAULT) : cl->authority;
+  a->authority = vpp_string_option(L, opts, uv, "authority", 1)
+                     ? vpp_url_option(L, uv, "authority", VPP_URL_HTTPS_DEFAULT)
+                     : cl->authority;
   a->scope = vpp_string_option(L, opts, uv, "scope", 0);
   if (!a->scope) {
     lua_pushfstring(L, "%s/.default", cl->graph);
@@ -260,8 +262,9 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
     p.jti = jti;
     p.now = (long)vpp_epoch();
     ok = vpp_jwt_assertion(&p, &jwt, e);
-    ok = ok && add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
-                         "&client_assertion=") &&
+    ok = ok &&
+         add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+                   "&client_assertion=") &&
          vpp_buf_append(form, jwt.data, jwt.len);
     vpp_buf_wipe(&jwt);
   }

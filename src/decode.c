@@ -146,7 +146,8 @@ int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   if ((n = decode_object(L, r)) != 1) return n;
   page = lua_gettop(L);
   lua_getfield(L, page, "value");
-  if (!is_list_of_objects(L, lua_gettop(L))) return decode_error(L, r, "the page's \"value\" is not an array of objects");
+  if (!is_list_of_objects(L, lua_gettop(L)))
+    return decode_error(L, r, "the page's \"value\" is not an array of objects");
   len = (lua_Integer)lua_rawlen(L, -1);
   dst = (lua_Integer)lua_rawlen(L, out);
   for (i = 1; i <= len; i++) {

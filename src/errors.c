@@ -83,8 +83,7 @@ int vpp_error_transport(lua_State *L, const vpp_reply *reply) {
   if (reply->curl_code == CURLE_TOO_MANY_REDIRECTS)
     return vpp_error_push(L, "transport", 0, VPP_CODE(too_many_redirects), "too many redirects", reply);
   if (reply->out_of_memory)
-    return vpp_error_push(L, "transport", 0, VPP_CODE(out_of_memory), "not enough memory for the response body",
-                          reply);
+    return vpp_error_push(L, "transport", 0, VPP_CODE(out_of_memory), "not enough memory for the response body", reply);
   if (reply->header_too_large)
     return vpp_error_push(L, "transport", 0, VPP_CODE(response_too_large),
                           "a response header line is larger than libcurl accepts (100 KiB)", reply);
@@ -187,7 +186,7 @@ void vpp_error_open(lua_State *L, int module) {
     lua_pushstring(L, vpp_code_meanings[i]);
     lua_setfield(L, -2, vpp_code_names[i]);
   }
-#define VPP_MEANING(n)                       \
+#define VPP_MEANING(n)                              \
   lua_pushstring(L, curl_easy_strerror(CURLE_##n)); \
   lua_setfield(L, -2, #n);
   VPP_CURL_CODES(VPP_MEANING)

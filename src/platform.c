@@ -3,6 +3,7 @@
  * as on Linux, the BSDs and macOS; a port to another system changes this
  * file alone. */
 #include <errno.h>
+#include <pthread.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -28,3 +29,9 @@ void vpp_sleep(double s) {
 }
 
 int vpp_isatty(int fd) { return isatty(fd) == 1; }
+
+/* Runs fn once per process, whichever thread (lua_State) asks first. */
+void vpp_once(void (*fn)(void)) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, fn);
+}

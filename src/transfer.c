@@ -5,7 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <strings.h>
+#include <ctype.h>
 
 #include "vpp.h"
 
@@ -34,8 +34,14 @@ static void copy_header_value(char *dst, size_t size, const char *v, size_t n) {
   dst[n] = '\0';
 }
 
+/* Whether the header line starts with "name:" (name in lower case), in
+ * any case. */
 static int header_is(const char *line, size_t n, const char *name, size_t len) {
-  return n > len && line[len] == ':' && strncasecmp(line, name, len) == 0;
+  size_t i;
+  if (n <= len || line[len] != ':') return 0;
+  for (i = 0; i < len; i++)
+    if (tolower((unsigned char)line[i]) != name[i]) return 0;
+  return 1;
 }
 
 static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {

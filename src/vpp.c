@@ -1,9 +1,6 @@
 /* Entry point of the C module `vpp.core`; the public module is lua/vpp.lua. */
-#include <pthread.h>
-
 #include "vpp.h"
 
-static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
 
 /* curl_global_init is not thread-safe on every libcurl: do it once per
@@ -36,7 +33,7 @@ static int core_isatty(lua_State *L) {
 int luaopen_vpp_core(lua_State *L) {
   static const luaL_Reg timing[] = {
       {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {"_isatty", core_isatty}, {NULL, NULL}};
-  pthread_once(&curl_once, curl_init_once);
+  vpp_once(curl_init_once);
   if (curl_init_rc != CURLE_OK) return luaL_error(L, "vpp: curl_global_init failed");
   vpp_error_setup(L);
   vpp_decode_setup(L);

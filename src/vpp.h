@@ -22,11 +22,14 @@
 #define VPP_NULL_KEY   "vpp.null"   /* registry: cjson.null */
 
 /* ==== platform.c: the only file with OS services (POSIX clocks, sleep,
- * terminals); a port to another system starts and ends there. ==== */
+ * terminals, threads); a port to another system starts and ends there.
+ * The other files use ISO C, Lua, libcurl and libcrypto only (make lint
+ * checks their includes). ==== */
 double vpp_now(void);   /* monotonic seconds */
 double vpp_epoch(void); /* wall-clock seconds since 1970 */
 void vpp_sleep(double seconds);
 int vpp_isatty(int fd);
+void vpp_once(void (*fn)(void)); /* one fn per process: curl_global_init */
 
 /* ==== base.c: buffers, wiping, randomness (OpenSSL's RAND_bytes) ==== */
 
@@ -41,8 +44,8 @@ int vpp_buf_add(vpp_buf *b, const char *s);              /* a C string */
 void vpp_buf_free(vpp_buf *b);
 void vpp_buf_wipe(vpp_buf *b); /* overwrite, then free: it held a secret */
 void vpp_wipe(void *p, size_t n);
-int vpp_uuid(char out[40]);    /* a random (version 4) UUID; 0 on failure */
-double vpp_random_unit(void);  /* uniform in [0, 1) */
+int vpp_uuid(char out[40]);   /* a random (version 4) UUID; 0 on failure */
+double vpp_random_unit(void); /* uniform in [0, 1) */
 extern const char *const vpp_code_names[];
 extern const char *const vpp_code_meanings[];
 #define VPP_CODE(name) (vpp_code_names[VPP_CODE_##name])
