@@ -41,7 +41,7 @@ build = {
     ["vpp.core"] = {
       sources = {
         "src/auth.c", "src/base.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c",
-        "src/errors.c", "src/jwt.c", "src/options.c", "src/platform.c", "src/throttle.c", "src/transfer.c",
+        "src/errors.c", "src/json.c", "src/jwt.c", "src/options.c", "src/platform.c", "src/throttle.c", "src/transfer.c",
         "src/url.c", "src/vpp.c",
       },
       defines = { "_GNU_SOURCE" },

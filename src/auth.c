@@ -109,6 +109,11 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
       luaL_error(L, "vpp: opts.access_token must be a non-empty string or a function");
     }
     lua_setfield(L, uv, "access_token");
+    if (a->kind == VPP_CRED_STATIC) {
+      lua_getfield(L, uv, "access_token");
+      a->fixed_token = lua_tolstring(L, -1, &a->fixed_len);
+      lua_pop(L, 1); /* anchored by uv */
+    }
   }
   if (a->kind != VPP_CRED_CERTIFICATE && (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
     luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
@@ -248,7 +253,7 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
     vpp_jwt_params p;
     vpp_buf jwt = {0};
     char jti[40];
-    if (!vpp_uuid(jti)) {
+    if (!vpp_uuid(NULL, jti)) {
       e->code = VPP_CODE(no_randomness);
       snprintf(e->message, sizeof e->message, "no random bytes for the assertion id");
       vpp_auth_request_free(rq);

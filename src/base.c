@@ -58,11 +58,25 @@ void vpp_buf_wipe(vpp_buf *b) {
   vpp_buf_free(b);
 }
 
-int vpp_uuid(char out[40]) {
+/* n random bytes from OpenSSL's generator: from e's pool, refilled 256
+ * bytes at a time (one RAND_bytes call costs about as much as the rest of
+ * a request's client-request-id), or straight from it without a pool. */
+static int random_bytes(vpp_entropy *e, unsigned char *out, size_t n) {
+  if (!e) return RAND_bytes(out, (int)n) == 1;
+  if (e->left < n) {
+    if (RAND_bytes(e->bytes, (int)sizeof e->bytes) != 1) return 0;
+    e->left = sizeof e->bytes;
+  }
+  memcpy(out, e->bytes + sizeof e->bytes - e->left, n);
+  e->left -= n;
+  return 1;
+}
+
+int vpp_uuid(vpp_entropy *e, char out[40]) {
   static const char hex[] = "0123456789abcdef";
   unsigned char bytes[16];
   int i, n = 0;
-  if (RAND_bytes(bytes, (int)sizeof bytes) != 1) return 0;
+  if (!random_bytes(e, bytes, sizeof bytes)) return 0;
   bytes[6] = (unsigned char)((bytes[6] & 0x0f) | 0x40); /* version 4 */
   bytes[8] = (unsigned char)((bytes[8] & 0x3f) | 0x80); /* RFC 4122 variant */
   for (i = 0; i < 16; i++) {

@@ -165,6 +165,7 @@ static int run_many(lua_State *L, vpp_action action) {
   else
     lua_pushnil(L);
   vpp_engine_run(L, &m.b, 3);
+  lua_pop(L, 1);
   lua_pushvalue(L, 6);
   lua_pushinteger(L, m.ok);
   lua_setfield(L, -2, "ok");

@@ -121,6 +121,8 @@ static int client_new(lua_State *L) {
   s.api_version = read_api_version(L, opts, uv);
   read_rate_limit(L, opts, &s.rate);
   if (!s.s.user_agent) s.s.user_agent = default_user_agent(L, uv);
+  lua_pushfstring(L, "User-Agent: %s", s.s.user_agent);
+  s.s.user_agent_line = vpp_anchor(L, uv, "user_agent_line");
 
   c = lua_newuserdatauv(L, sizeof *c, 1);
   *c = s;
@@ -188,51 +190,72 @@ static const char *check_id(lua_State *L, int idx, const char *name, size_t *len
 }
 
 /* The one place that builds Graph URLs: base_url/version + path, where each
- * '%' in path is the string at the next given stack index, percent-encoded
- * as one segment. */
-static const char *push_url(lua_State *L, vpp_client *c, const char *version, const char *path, int a, int b) {
-  luaL_Buffer buf;
-  int args[2];
-  int n = 0;
-  args[0] = a;
-  args[1] = b;
-  luaL_buffinit(L, &buf);
-  luaL_addstring(&buf, c->base_url);
-  luaL_addchar(&buf, '/');
-  luaL_addstring(&buf, version);
-  for (; *path; path++) {
+ * '%' in path is the next of seg, percent-encoded as one segment.  Writes
+ * into out when the URL fits in cap bytes (NUL included); returns the size
+ * it needs, NUL included, either way. */
+static size_t build_url(const vpp_client *c, const char *version, const char *path, const char *const seg[2],
+                        const size_t seglen[2], char *out, size_t cap) {
+  size_t need = strlen(c->base_url) + 1 + strlen(version) + strlen(path) + 3 * (seglen[0] + seglen[1]) + 1, n;
+  int k = 0;
+  if (need > cap) return need;
+  n = (size_t)sprintf(out, "%s/%s", c->base_url, version);
+  while (*path) {
+    size_t run = strcspn(path, "%");
+    memcpy(out + n, path, run);
+    n += run;
+    path += run;
     if (*path == '%') {
-      size_t len;
-      const char *s = lua_tolstring(L, args[n++], &len);
-      vpp_url_push_encoded(&buf, s, len);
-    } else {
-      luaL_addchar(&buf, *path);
+      if (k < 2) n += vpp_url_encode(out + n, seg[k], seglen[k]);
+      k++;
+      path++;
     }
   }
-  luaL_pushresult(&buf);
+  out[n] = '\0';
+  return need;
+}
+
+/* The URL of an action on a token id (and, for syncApps, an organization
+ * id), in out if it fits, else in a scratch userdata pushed on the stack. */
+static const char *action_url(lua_State *L, const vpp_client *c, vpp_action action, int org_idx, int id_idx, char *out,
+                              size_t cap) {
+  const char *seg[2] = {"", ""}, *version = c->api_version, *path;
+  size_t len[2] = {0, 0}, need;
+  if (action == VPP_SYNC_APPS) {
+    /* The legacy action exists only under /beta, whatever api_version says. */
+    version = "beta";
+    path = "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps";
+    seg[0] = lua_tolstring(L, org_idx, &len[0]);
+    seg[1] = lua_tolstring(L, id_idx, &len[1]);
+  } else {
+    path =
+        action == VPP_GET_TOKEN ? "/deviceAppManagement/vppTokens/%" : "/deviceAppManagement/vppTokens/%/syncLicenses";
+    seg[0] = lua_tolstring(L, id_idx, &len[0]);
+  }
+  need = build_url(c, version, path, seg, len, out, cap);
+  if (need > cap) {
+    out = lua_newuserdatauv(L, need, 0);
+    build_url(c, version, path, seg, len, out, need);
+  }
+  return out;
+}
+
+const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
+  char buf[512];
+  int top = lua_gettop(L);
+  lua_pushstring(L, action_url(L, c, action, org_idx, id_idx, buf, sizeof buf));
+  if (lua_gettop(L) > top + 1) lua_remove(L, top + 1); /* the scratch */
   return lua_tostring(L, -1);
 }
 
-/* The URL of an action on the token id at id_idx (and, for syncApps, the
- * organization id at org_idx). */
-const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
-  switch (action) {
-  case VPP_SYNC_APPS:
-    /* The legacy action exists only under /beta, whatever api_version says. */
-    return push_url(L, c, "beta", "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps", org_idx, id_idx);
-  case VPP_GET_TOKEN:
-    return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%", id_idx, 0);
-  default:
-    return push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens/%/syncLicenses", id_idx, 0);
-  }
-}
-
-/* Performs one call on a token (its URL on top of the stack) and returns the
- * token or nil, err. */
-static int token_call(lua_State *L, vpp_client *c, int post, int id_idx) {
+/* Performs one call on a token and returns the token or nil, err.  The URL
+ * is built in C memory: a Lua string per call costs more than the rest of
+ * the call's own work. */
+static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
+  char buf[512];
   size_t idlen;
   const char *id = lua_tolstring(L, id_idx, &idlen);
-  vpp_transfer *t = vpp_engine_one(L, c, post, 1);
+  const char *url = action_url(L, c, action, org_idx, id_idx, buf, sizeof buf);
+  vpp_transfer *t = vpp_engine_one(L, c, action != VPP_GET_TOKEN, 1, url);
   if (!t) return 2;
   if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
   return vpp_decode_entity(L, &t->reply, id, idlen);
@@ -242,8 +265,7 @@ static int do_sync_licenses(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  vpp_client_push_action_url(L, c, VPP_SYNC_LICENSES, 0, 2);
-  return token_call(L, c, 1, 2);
+  return token_call(L, c, VPP_SYNC_LICENSES, 0, 2);
 }
 
 static int do_sync_apps(lua_State *L) {
@@ -251,16 +273,14 @@ static int do_sync_apps(lua_State *L) {
   size_t n;
   check_id(L, 2, "organization_id", &n);
   check_id(L, 3, "token_id", &n);
-  vpp_client_push_action_url(L, c, VPP_SYNC_APPS, 2, 3);
-  return token_call(L, c, 1, 3);
+  return token_call(L, c, VPP_SYNC_APPS, 2, 3);
 }
 
 static int do_get_token(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  vpp_client_push_action_url(L, c, VPP_GET_TOKEN, 0, 2);
-  return token_call(L, c, 0, 2);
+  return token_call(L, c, VPP_GET_TOKEN, 0, 2);
 }
 
 static void push_encoded(lua_State *L, int idx) {
@@ -336,7 +356,15 @@ static int do_list_tokens(lua_State *L) {
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
-  push_url(L, c, c->api_version, "/deviceAppManagement/vppTokens", 0, 0);
+  {
+    static const char *const none[2] = {"", ""};
+    static const size_t zero[2] = {0, 0};
+    size_t need = build_url(c, c->api_version, "/deviceAppManagement/vppTokens", none, zero, NULL, 0);
+    char *url = lua_newuserdatauv(L, need, 0);
+    build_url(c, c->api_version, "/deviceAppManagement/vppTokens", none, zero, url, need);
+    lua_pushstring(L, url);
+    lua_remove(L, -2);
+  }
   if (!lua_isnil(L, 2)) {
     push_query(L, 2);
     lua_concat(L, 2);
@@ -352,7 +380,7 @@ static int do_list_tokens(lua_State *L) {
     lua_pushvalue(L, -1);
     lua_pushboolean(L, 1);
     lua_rawset(L, seen);
-    if (!(t = vpp_engine_one(L, c, 0, 1))) return 2;
+    if (!(t = vpp_engine_one(L, c, 0, 1, lua_tostring(L, -1)))) return 2;
     if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
     lua_pop(L, 1); /* the URL just fetched */
     if ((n = vpp_decode_page(L, &t->reply, out, &url))) return n;

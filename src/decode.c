@@ -1,80 +1,27 @@
-/* Response bodies to Lua tables, through a private lua-cjson instance:
- * integral numbers become Lua integers, {"value": {...}} is unwrapped, list
- * pages are appended, and Graph error bodies become error tables.  The body
+/* Response bodies to Lua tables (json.c): {"value": {...}} is unwrapped,
+ * list pages are checked and appended, and Graph error bodies become error
+ * tables.  The body
  * lives in the client's buffer, so a raise here (out of memory) leaks nothing. */
 #include <math.h>
 #include <string.h>
 
 #include "vpp.h"
 
+/* cjson.null is vpp.null: scripts compare with either. */
 void vpp_decode_setup(lua_State *L) {
   lua_getglobal(L, "require");
   lua_pushliteral(L, "cjson");
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "null");
   lua_setfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
-  /* A private instance: a script reconfiguring cjson cannot change ours. */
-  lua_getfield(L, -1, "new");
-  lua_call(L, 0, 1);
-  lua_getfield(L, -1, "decode_invalid_numbers"); /* no NaN, Infinity or hex */
-  lua_pushboolean(L, 0);
-  lua_call(L, 1, 0);
-  lua_getfield(L, -1, "decode");
-  lua_setfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
-  lua_pop(L, 2);
+  lua_pop(L, 1);
+  vpp_json_setup(L);
 }
 
-/* cjson gives every number as a float on Lua 5.3+; JSON integers should be
- * Lua integers.  Integral values that fit a lua_Integer exactly become one. */
-static void normalize(lua_State *L, int t) {
-#if LUA_VERSION_NUM >= 503
-  luaL_checkstack(L, 4, "vpp: JSON nested too deeply");
-  lua_pushnil(L);
-  while (lua_next(L, t)) {
-    if (lua_type(L, -1) == LUA_TNUMBER && !lua_isinteger(L, -1)) {
-      lua_Number d = lua_tonumber(L, -1);
-      lua_Integer i;
-      if (d == floor(d) && lua_numbertointeger(d, &i)) {
-        lua_pushvalue(L, -2);
-        lua_pushinteger(L, i);
-        lua_rawset(L, t);
-      }
-    } else if (lua_type(L, -1) == LUA_TTABLE) {
-      normalize(L, lua_gettop(L));
-    }
-    lua_pop(L, 1);
-  }
-#else
-  (void)L;
-  (void)t;
-#endif
-}
-
-/* lua-cjson's messages for a body that is not JSON. */
-static int json_syntax_error(lua_State *L) {
-  static const char *const prefixes[] = {"Expected ", "Found too many nested data structures",
-                                         "JSON parser does not support", NULL};
-  const char *m = lua_type(L, -1) == LUA_TSTRING ? lua_tostring(L, -1) : "";
-  int i;
-  for (i = 0; prefixes[i]; i++)
-    if (strncmp(m, prefixes[i], strlen(prefixes[i])) == 0) return 1;
-  return 0;
-}
-
-/* Pushes the decoded body and returns 1, or pushes cjson's message and
- * returns 0.  Only a syntax error is a bad body: anything else raised in
- * there (out of memory, a hook's error such as lua.c's "interrupted!")
- * propagates as it was raised. */
-int vpp_decode_body(lua_State *L, const char *data, size_t len) {
-  int status;
-  lua_getfield(L, LUA_REGISTRYINDEX, VPP_DECODE_KEY);
-  lua_pushlstring(L, data, len);
-  status = lua_pcall(L, 1, 1, 0);
-  if (status != LUA_OK && (status != LUA_ERRRUN || !json_syntax_error(L))) lua_error(L);
-  if (status != LUA_OK) return 0;
-  if (lua_type(L, -1) == LUA_TTABLE) normalize(L, lua_gettop(L));
-  return 1;
-}
+/* Pushes the decoded body and returns 1, or pushes what is wrong with it
+ * and returns 0.  Only a body that is not JSON is a bad body: running out
+ * of memory meanwhile raises, as everywhere. */
+int vpp_decode_body(lua_State *L, const char *data, size_t len) { return vpp_json_decode(L, data, len, 0) != 0; }
 
 static int is_object(lua_State *L, int idx) { return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0; }
 
@@ -89,12 +36,16 @@ static int decode_error(lua_State *L, vpp_reply *r, const char *what) {
   return vpp_error_push(L, "decode", r->status, VPP_CODE(invalid_response), what, r);
 }
 
-/* Decodes a JSON object body; returns 1 with it pushed, or 2 with nil, err. */
-static int decode_object(lua_State *L, vpp_reply *r) {
-  if (!vpp_decode_body(L, r->body.data, r->body.len)) {
+/* Decodes a JSON object body; returns 1 with it pushed, or 2 with nil, err.
+ * With unwrap, *unwrapped says whether it was Graph's {"value": {...}}
+ * and is its inner object. */
+static int decode_object(lua_State *L, vpp_reply *r, int unwrap, int *unwrapped) {
+  int got = vpp_json_decode(L, r->body.data, r->body.len, unwrap);
+  if (!got) {
     lua_pushfstring(L, "the response is not valid JSON (%s)", lua_tostring(L, -1));
     return decode_error(L, r, lua_tostring(L, -1));
   }
+  if (unwrapped) *unwrapped = got == 2;
   if (!is_object(L, -1)) return decode_error(L, r, "the response is not a JSON object");
   return 1;
 }
@@ -102,14 +53,15 @@ static int decode_object(lua_State *L, vpp_reply *r) {
 /* A 2xx answer to a call on one token: the token table, unwrapped from
  * {"value": {...}} when Graph wraps it; an empty body (204) gives {id = id}. */
 int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen) {
-  int n;
+  int n, unwrapped = 0;
   if (blank(&r->body)) {
     lua_createtable(L, 0, 1);
     lua_pushlstring(L, id, idlen);
     lua_setfield(L, -2, "id");
     return 1;
   }
-  if ((n = decode_object(L, r)) != 1) return n;
+  if ((n = decode_object(L, r, 1, &unwrapped)) != 1) return n;
+  if (unwrapped) return 1;
   lua_getfield(L, -1, "value");
   if (is_object(L, -1)) {
     lua_remove(L, -2);
@@ -143,7 +95,7 @@ static int is_list_of_objects(lua_State *L, int t) {
 int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next) {
   int n, page;
   lua_Integer i, len, dst;
-  if ((n = decode_object(L, r)) != 1) return n;
+  if ((n = decode_object(L, r, 0, NULL)) != 1) return n;
   page = lua_gettop(L);
   lua_getfield(L, page, "value");
   if (!is_list_of_objects(L, lua_gettop(L)))

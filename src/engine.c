@@ -229,10 +229,8 @@ static int start_fetch(lua_State *L, vpp_client *c) {
 static int job_token(lua_State *L, vpp_client *c, double now, double *wake, const char **token, size_t *len) {
   vpp_auth *a = &c->auth;
   if (a->kind == VPP_CRED_STATIC) {
-    lua_getiuservalue(L, VPP_RUN_CLIENT, 1);
-    lua_getfield(L, -1, "access_token");
-    *token = lua_tolstring(L, -1, len);
-    lua_pop(L, 2); /* anchored by the user value table */
+    *token = a->fixed_token;
+    *len = a->fixed_len;
     return TOKEN_READY;
   }
   if (!vpp_auth_cached(a, now)) {
@@ -293,7 +291,7 @@ static void fetch_done(lua_State *L, vpp_client *c, vpp_transfer *t) {
 
 static const char *job_url(lua_State *L, int j) {
   const char *url;
-  if (lua_type(L, VPP_RUN_URLS) == LUA_TSTRING) return lua_tostring(L, VPP_RUN_URLS);
+  if (lua_type(L, VPP_RUN_URLS) == LUA_TLIGHTUSERDATA) return lua_touserdata(L, VPP_RUN_URLS);
   lua_rawgeti(L, VPP_RUN_URLS, j + 1);
   url = lua_tostring(L, -1);
   lua_pop(L, 1); /* still anchored by the table */
@@ -325,7 +323,7 @@ static void start_job(lua_State *L, vpp_batch *b, int j, const char *token, size
   rq.url = job_url(L, j);
   rq.bearer = token;
   rq.bearer_len = len;
-  rq.request_id = 1;
+  rq.request_ids = &c->entropy;
   rc = vpp_transfer_prepare(t, &rq);
   if (rc != VPP_PREPARED) {
     if (rc == VPP_PREPARE_BAD_TOKEN)
@@ -437,6 +435,22 @@ static void take_job(vpp_batch *b, int slot) {
     b->waiting[slot] = b->waiting[--b->nwaiting];
 }
 
+/* The earliest time a transfer's watchdog (see transfer.c) may strike, so
+ * that the loop wakes for it: timeouts are kept to the millisecond. */
+static double watchdog_wake(const vpp_client *c, double wake) {
+  int i;
+  for (i = 0; i <= c->pool_size; i++) {
+    const vpp_transfer *t = i < c->pool_size ? c->pool[i] : c->fetcher;
+    double at;
+    if (!t || t->job == VPP_IDLE) continue;
+    at = t->active_at + c->s.stall_timeout;
+    if (t->deadline < at) at = t->deadline;
+    if (!t->reply.sent && t->started_at + c->s.connect_timeout < at) at = t->started_at + c->s.connect_timeout;
+    if (at < wake) wake = at;
+  }
+  return wake;
+}
+
 /* Starts what may start now; returns the monotonic time of the next timer
  * (HUGE_VAL for none). */
 static double start_ready(lua_State *L, vpp_batch *b, double now) {
@@ -478,7 +492,7 @@ static double start_ready(lua_State *L, vpp_batch *b, double now) {
     start_job(L, b, j, token, len);
   }
   if (c->fetching == FETCH_WAITING && c->fetch_at < wake) wake = c->fetch_at;
-  return wake;
+  return watchdog_wake(c, wake);
 }
 
 static int engine_body(lua_State *L) {
@@ -486,7 +500,7 @@ static int engine_body(lua_State *L) {
   vpp_client *c = b->c;
   while (b->done < b->n) {
     double wake = start_ready(L, b, vpp_now());
-    int running, timeout_ms = 1000; /* at least once a second: the stall watchdog */
+    int running, timeout_ms = 1000;
     if (b->done == b->n) break;
     curl_multi_perform(c->multi, &running);
     if (collect(L, b) > 0) continue; /* start the next ones at once */
@@ -496,11 +510,14 @@ static int engine_body(lua_State *L) {
     }
     curl_multi_poll(c->multi, NULL, 0, timeout_ms, NULL);
   }
-  return 0;
+  lua_settop(L, VPP_RUN_EXTRA);
+  return 1; /* a single call's error, if any (one_deliver) */
 }
 
-/* Runs b.  The stack holds, on top: the client, the URLs (a string for one
- * job, else a table), and nextra values for the deliver function. */
+/* Runs b.  The stack holds, on top: the client, the URLs (a C string as a
+ * light userdata for one job, else a table of strings), and nextra (at least 1) values for the deliver
+ * function; they are replaced by one value: what the deliver function left
+ * in the first of them. */
 void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra) {
   int base = lua_gettop(L) - (2 + nextra), status;
   b->next = b->done = b->active = b->nwaiting = 0;
@@ -511,7 +528,7 @@ void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra) {
   lua_pushlightuserdata(L, b);
   lua_insert(L, base + 2);
   b->c->busy = 1;
-  status = lua_pcall(L, 3 + nextra, 0, 0);
+  status = lua_pcall(L, 3 + nextra, 1, 0);
   if (b->c->multi) detach_all(b->c); /* NULL: collected from a callback */
   b->c->busy = 0;
   if (status != LUA_OK) lua_error(L);
@@ -521,15 +538,15 @@ static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
   (void)b;
   (void)j;
   if (!t) {
-    lua_setfield(L, VPP_RUN_EXTRA, "err");
+    lua_replace(L, VPP_RUN_EXTRA); /* the err; nil below it */
     lua_pop(L, 1);
   }
 }
 
-/* One request to the URL on top of the stack.  Returns the transfer holding
- * the reply (which may be an HTTP or transport failure), or NULL with nil,
- * err pushed when it could not be sent at all. */
-vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx) {
+/* One request to url (kept alive by the caller).  Returns the transfer
+ * holding the reply (which may be an HTTP or transport failure), or NULL
+ * with nil, err pushed when it could not be sent at all. */
+vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx, const char *url) {
   vpp_job job = {0, 0, JOB_QUEUED, 0};
   int waiting;
   vpp_batch b;
@@ -541,18 +558,14 @@ vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_i
   b.waiting = &waiting;
   b.deliver = one_deliver;
   lua_pushvalue(L, client_idx);
-  lua_pushvalue(L, -2); /* the URL */
-  lua_newtable(L);      /* where one_deliver leaves an error */
-  lua_pushvalue(L, -1);
-  lua_insert(L, -4);
+  lua_pushlightuserdata(L, (void *)url);
+  lua_pushnil(L); /* where one_deliver leaves an error */
   vpp_engine_run(L, &b, 1);
-  lua_getfield(L, -1, "err");
   if (!lua_isnil(L, -1)) {
-    lua_remove(L, -2);
     lua_pushnil(L);
     lua_insert(L, -2);
     return NULL;
   }
-  lua_pop(L, 2);
+  lua_pop(L, 1);
   return b.last;
 }

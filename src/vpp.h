@@ -15,11 +15,10 @@
 #include "compat.h"
 #include "codes.h"
 
-#define VPP_VERSION    "0.1.0"
-#define VPP_CLIENT_MT  "vpp.client"
-#define VPP_ERROR_MT   "vpp.error"
-#define VPP_DECODE_KEY "vpp.decode" /* registry: our private cjson decode */
-#define VPP_NULL_KEY   "vpp.null"   /* registry: cjson.null */
+#define VPP_VERSION   "0.1.0"
+#define VPP_CLIENT_MT "vpp.client"
+#define VPP_ERROR_MT  "vpp.error"
+#define VPP_NULL_KEY  "vpp.null" /* registry: cjson.null */
 
 /* ==== platform.c: the only file with OS services (POSIX clocks, sleep,
  * terminals, threads); a port to another system starts and ends there.
@@ -44,8 +43,13 @@ int vpp_buf_add(vpp_buf *b, const char *s);              /* a C string */
 void vpp_buf_free(vpp_buf *b);
 void vpp_buf_wipe(vpp_buf *b); /* overwrite, then free: it held a secret */
 void vpp_wipe(void *p, size_t n);
-int vpp_uuid(char out[40]);   /* a random (version 4) UUID; 0 on failure */
-double vpp_random_unit(void); /* uniform in [0, 1) */
+/* Random bytes drawn ahead, for request ids; owned by one client. */
+typedef struct vpp_entropy {
+  unsigned char bytes[256];
+  size_t left;
+} vpp_entropy;
+int vpp_uuid(vpp_entropy *e, char out[40]); /* a random (version 4) UUID; 0 on failure; e may be NULL */
+double vpp_random_unit(void);               /* uniform in [0, 1) */
 extern const char *const vpp_code_names[];
 extern const char *const vpp_code_meanings[];
 #define VPP_CODE(name) (vpp_code_names[VPP_CODE_##name])
@@ -105,7 +109,7 @@ typedef struct vpp_reply {
   int out_of_memory;          /* the body could not be stored */
   int redirect_refused;       /* a redirect to another origin */
   int redirects;              /* same-origin redirects followed */
-  int stalled;                /* no byte moved for stall_timeout */
+  int watchdog;               /* why on_progress ended it (VPP_TIMED_OUT...) */
   int sent;                   /* bytes of request sent */
   int attempts;               /* tries so far, retries included */
   char retry_after[64];       /* the Retry-After header, as sent */
@@ -122,6 +126,8 @@ const char *vpp_curl_code_name(CURLcode rc);
 void vpp_error_open(lua_State *L, int module);
 void vpp_error_setup(lua_State *L);
 
+int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap);
+void vpp_json_setup(lua_State *L);
 int vpp_decode_body(lua_State *L, const char *data, size_t len);
 int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
 int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
@@ -134,6 +140,7 @@ typedef struct vpp_settings {
   double timeout, connect_timeout, stall_timeout, max_retry_delay;
   lua_Integer max_response_bytes, max_retries, max_pages;
   const char *ca_file, *user_agent; /* anchored in the user value table */
+  const char *user_agent_line;      /* "User-Agent: ...", likewise */
   int traced;                       /* has an on_request function */
 } vpp_settings;
 
@@ -159,23 +166,28 @@ typedef struct vpp_request {
   const char *bearer; /* NULL: no Authorization header */
   size_t bearer_len;
   const char *const *headers; /* more header lines, NULL-terminated */
-  int request_id;             /* send a client-request-id */
+  vpp_entropy *request_ids;   /* send a client-request-id drawn from it */
 } vpp_request;
 
 enum { VPP_PREPARED, VPP_PREPARE_NOMEM, VPP_PREPARE_BAD_TOKEN, VPP_PREPARE_NO_RANDOM };
 
 typedef struct vpp_transfer {
   CURL *easy;
-  struct curl_slist *headers; /* only while prepared */
+  struct curl_slist *headers; /* while prepared, or kept for the next */
+  int kept, kept_post;        /* headers kept: a Graph request's, POST or GET */
   vpp_buf body;               /* the request body, wiped on release */
   const vpp_settings *settings;
   int job;                  /* the job it runs; VPP_IDLE, VPP_TOKEN_JOB */
   unsigned auth_generation; /* of the token it sent */
-  double active_at;         /* when a byte last moved (vpp_now) */
+  double started_at;        /* when it was prepared (vpp_now) */
+  double deadline;          /* started_at + timeout */
+  double active_at;         /* when a byte last moved */
   curl_off_t moved;         /* bytes down and up by then */
   const vpp_origin *origin; /* redirects stay within it */
   vpp_reply reply;
 } vpp_transfer;
+
+enum { VPP_TIMED_OUT = 1, VPP_STALLED, VPP_NOT_CONNECTED };
 
 #define VPP_IDLE      (-1)
 #define VPP_TOKEN_JOB (-2)
@@ -198,6 +210,8 @@ typedef struct vpp_auth {
   const char *authority, *scope, *imds_url, *cloud;
   char *token; /* the cached access token: C memory, wiped when dropped */
   size_t token_len;
+  const char *fixed_token; /* a string access_token (anchored in uv) */
+  size_t fixed_len;
   double refresh_at;   /* monotonic time to fetch anew; 0: fetch now */
   unsigned generation; /* bumped at each new token */
 } vpp_auth;
@@ -237,6 +251,7 @@ typedef struct vpp_client {
   vpp_auth auth;
   unsigned run; /* counts engine runs */
   vpp_origin origin;
+  vpp_entropy entropy; /* for client-request-ids */
   /* The token request (engine.c): its handle, state and retries. */
   vpp_transfer *fetcher;
   int fetching;         /* 0 idle, 1 on the multi handle, 2 waiting to retry */
@@ -278,7 +293,7 @@ struct vpp_batch {
 #define VPP_RUN_EXTRA  4
 
 void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra);
-vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx);
+vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx, const char *url);
 void vpp_engine_release(vpp_client *c);
 
 /* ==== client.c, batch.c: the Lua methods (registered by vpp.c) ==== */
