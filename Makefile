@@ -141,9 +141,12 @@ fuzz: deps
 	  echo "fuzz $$t: $$(sed -n 's/^stat::number_of_executed_units: *//p' $(FUZZ_BUILD)/$$t.log) inputs in $(FUZZ_SECONDS) s, no finding"; \
 	done
 
-# lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client.
+# lua-vpp against wrk, curl --parallel and Microsoft's Graph JS client, and
+# instructions per call under callgrind beside a bare libcurl loop.
 bench: deps
 	$(MAKE) all
+	@mkdir -p build/bench
+	$(CC) -O2 $(CURL_CFLAGS) -o build/bench/easy_loop bench/peers/easy_loop.c $(CURL_LIBS)
 	@sh .ci/deps.sh wrk time
 	@command -v node >/dev/null && command -v npm >/dev/null || sh .ci/deps.sh nodejs npm
 	cd bench && npm install --no-audit --no-fund --silent

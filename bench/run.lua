@@ -13,6 +13,11 @@ local LATENCY = 0.020
 local TENANT_N = tonumber(os.getenv("BENCH_TENANT") or "") or 10000
 local WRK_SECONDS = os.getenv("BENCH_WRK_SECONDS") or "3"
 local RUNS = tonumber(os.getenv("BENCH_RUNS") or "") or 3 -- each row is the median run
+-- Instructions per call: the difference between two run lengths, so that
+-- start-up (loading Lua, libcurl, OpenSSL) cancels out.
+local IR_SHORT = tonumber(os.getenv("BENCH_IR_SHORT") or "") or 500
+local IR_LONG = tonumber(os.getenv("BENCH_IR_LONG") or "") or 2500
+local EASY_LOOP = os.getenv("BENCH_EASY_LOOP") or "build/bench/easy_loop"
 
 local here = debug.getinfo(1, "S").source:match("^@(.*)/[^/]*$") or "bench"
 
@@ -147,7 +152,43 @@ local ok_run, failure = pcall(function()
   end)
   measured("batch", "Graph JS client (Node, HTTPS)", LATENCY, function() return graph_client(ids_file, CONCURRENCY) end)
 
-  -- 3. Memory: a large tenant listed, filtered and synced.
+  -- 3. Instructions per sequential syncLicenses, under callgrind: lua-vpp,
+  -- a bare libcurl easy loop with the same request (URL, method, header
+  -- lines), and the curl command.  Deterministic where req/s is not.
+  local function instructions(cmd)
+    local out = sh(("valgrind --tool=callgrind --callgrind-out-file=/dev/null %s 2>&1 >/dev/null"):format(cmd))
+    return tonumber(out:match("Collected : (%d+)")) or error("callgrind: " .. out)
+  end
+  local function per_call(command_for)
+    fresh(0)
+    local short = instructions(command_for(IR_SHORT))
+    fresh(0)
+    local long = instructions(command_for(IR_LONG))
+    return (long - short) / (IR_LONG - IR_SHORT)
+  end
+  local scratch = {}
+  local user_agent = ("lua-vpp/%s %s"):format(vpp._VERSION, require("vpp.core")._curl_version)
+  local sync_url = server.url .. sync_path
+  io.stderr:write("counting instructions under callgrind (a minute or two)...\n")
+  local ir = {
+    { "lua-vpp", per_call(function(n) return ("lua5.4 %s/workload.lua seq %s - %s %d"):format(here, server.url, ids[1], n) end) },
+    { "bare libcurl easy loop (C)", per_call(function(n)
+      return ("%s %s %d '%s'"):format(EASY_LOOP, sync_url, n, user_agent)
+    end) },
+    { "curl command", per_call(function(n)
+      local cfg = {}
+      for i = 1, n do cfg[i] = ('url = "%s"\noutput = "/dev/null"'):format(sync_url) end
+      local file = tmpfile(cfg)
+      scratch[#scratch + 1] = file
+      return ("curl -s -d '' -H 'Authorization: Bearer bench-token' -H 'Accept: application/json'"
+        .. " -H 'client-request-id: 00000000-0000-4000-8000-000000000000' -H 'Accept-Encoding: gzip'"
+        .. " -H 'Content-Type:' -A '%s' -K %s"):format(user_agent, file)
+    end) },
+  }
+  for _, file in ipairs(scratch) do os.remove(file) end
+  for _, r in ipairs(ir) do io.stderr:write(("  %-50s %8.0f instructions/call\n"):format(r[1], r[2])) end
+
+  -- 4. Memory: a large tenant listed, filtered and synced.
   server:config { tokens = TENANT_N, latency = 0, log = false }
   local tenant = lua_vpp({ "tenant", CONCURRENCY }, server.url)
 
@@ -169,6 +210,15 @@ local ok_run, failure = pcall(function()
       r.elapsed and ("%.2f"):format(r.elapsed) or "-", r.rps,
       r.tool:find("^wrk") and "-" or ("%.0f%%"):format(100 * r.rps / ceiling), r.connections,
       r.cpu and ("%.3f%s"):format(1000 * r.cpu / r.requests, r.cpu_note or "") or "-"))
+  end
+  print()
+  print(("Instructions per sequential syncLicenses (callgrind, the difference between %d and %d calls):")
+    :format(IR_SHORT, IR_LONG))
+  print()
+  print("| client | instructions per call | vs the bare libcurl loop |")
+  print("|---|---:|---:|")
+  for _, r in ipairs(ir) do
+    print(("| %s | %.0f | %.2f× |"):format(r[1], r[2], r[2] / ir[2][2]))
   end
   print()
   print(("Memory: listing %d tokens (%d pages), filtering the valid ones and syncing %d of them: peak RSS %.1f MiB (%.2f s)")

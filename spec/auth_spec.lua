@@ -15,17 +15,13 @@ describe("authentication", function()
   before_each(fx.fresh)
 
   local function secret_client(extra)
-    local o = { tenant_id = TENANT, client_id = APP, client_secret = SECRET, authority = fx.server.url,
-      base_url = fx.server.url, rate_limit = false }
-    for k, v in pairs(extra or {}) do o[k] = v end
-    return vpp.new(o)
+    return vpp.new(support.merged({ tenant_id = TENANT, client_id = APP, client_secret = SECRET,
+      authority = fx.server.url, base_url = fx.server.url, rate_limit = false }, extra))
   end
 
   local function cert_client(extra)
-    local o = { tenant_id = TENANT, client_id = APP, client_certificate = fx.certs.combined, authority = fx.server.url,
-      base_url = fx.server.url, rate_limit = false }
-    for k, v in pairs(extra or {}) do o[k] = v end
-    return vpp.new(o)
+    return vpp.new(support.merged({ tenant_id = TENANT, client_id = APP, client_certificate = fx.certs.combined,
+      authority = fx.server.url, base_url = fx.server.url, rate_limit = false }, extra))
   end
 
   local function token_requests() return fx.server:stats().token_requests end
@@ -219,10 +215,9 @@ describe("authentication", function()
 
   describe("managed identity", function()
     local function mi_client(extra)
-      local o = { managed_identity = true, imds_url = fx.server.url .. "/metadata/identity/oauth2/token",
-        base_url = fx.server.url, rate_limit = false }
-      for k, v in pairs(extra or {}) do o[k] = v end
-      return vpp.new(o)
+      return vpp.new(support.merged({ managed_identity = true,
+        imds_url = fx.server.url .. "/metadata/identity/oauth2/token", base_url = fx.server.url, rate_limit = false },
+        extra))
     end
 
     it("asks the metadata endpoint with Metadata: true and the Graph resource", function()

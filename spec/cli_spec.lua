@@ -186,6 +186,17 @@ describe("the vpp command", function()
       assert.matches("^vpp: http 404 ResourceNotFound: ", r.err)
       no_traceback(r)
     end)
+
+    it("a list page of non-objects: exit 1 and one line, not a bug (70)", function()
+      for _, args in ipairs { { "list" }, { "sync", "--all", "--dry-run" } } do
+        fx.server:program("@list", { { json = { value = { 1, 2 } } } })
+        local r = fx.cli.run(args, fx.env)
+        assert.equal(1, r.code, r.err)
+        assert.equal(1, #lines(r.err))
+        assert.matches("decode 200 invalid_response", r.err)
+        no_traceback(r)
+      end
+    end)
   end)
 
   describe("sync", function()

@@ -17,10 +17,8 @@ describe("token requests on the engine", function()
   end)
 
   local function secret_client(extra)
-    local o = { tenant_id = TENANT, client_id = APP, client_secret = SECRET, authority = fx.server.url,
-      base_url = fx.server.url, rate_limit = false }
-    for k, v in pairs(extra or {}) do o[k] = v end
-    return vpp.new(o)
+    return vpp.new(support.merged({ tenant_id = TENANT, client_id = APP, client_secret = SECRET,
+      authority = fx.server.url, base_url = fx.server.url, rate_limit = false }, extra))
   end
 
   it("a slow token endpoint delays no other transfer of a batch", function()
@@ -81,6 +79,15 @@ describe("token requests on the engine", function()
       results[1].err.code })
     assert.equal(tostring(results[1].err), tostring(results[2].err))
     assert.equal(2, #fx.server:tokenlog())
+  end)
+
+  it("token requests do not count against the Graph rate limit", function()
+    local c = secret_client { rate_limit = { writes = 1, requests = 1, per = 60 } }
+    local t0 = support.now()
+    assert(c:get_token("a")) -- a token request, then the one Graph request allowed
+    c:close()
+    assert.is_true(support.now() - t0 < 2, "the Graph request waited for the rate limit")
+    assert.equal(1, #fx.server:tokenlog())
   end)
 
   it("a scheme-less authority means https: the secret never goes out in plain text", function()

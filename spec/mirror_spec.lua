@@ -126,4 +126,39 @@ describe("returned tables mirror the JSON", function()
     assert.equal(vpp.null, list[2].x)
     assert.same({}, list[2].e)
   end)
+
+  it("refuses what is not JSON (RFC 8259) as invalid_response, naming the byte", function()
+    local bad = { "01", "1.", ".5", "-", "+1", "[1,]", '{"a":1,}', "NaN", "Infinity", "0x10", '{"a" 1}', "tru",
+      '{"id":"x"} x', '"open', '"\\ud800"', '"\\udc00x"', '"\\x"', '{"a":[}', string.rep("[", 1001) .. string.rep("]", 1001),
+      "{'a':1}", '{"a":1}}', '{"id":"a\0b"}' }
+    for i, body in ipairs(bad) do
+      answer("bad" .. i, body)
+      local tok, err = f.client:get_token("bad" .. i)
+      assert.is_nil(tok, body)
+      assert.same({ "decode", "invalid_response" }, { err.kind, err.code }, body)
+      assert.is_truthy(err.message:match("at byte %d+%)$"), body .. ": " .. err.message)
+    end
+  end)
+
+  it("reads what is JSON however it is laid out", function()
+    answer("ws", ' \r\n\t{ "id" : "ws" , "a" : [ 1 , -0 , 1E2 , 1e400 , true , false , null ] ,'
+      .. ' "nul" : "a\\u0000b", "deep": ' .. string.rep("[", 999) .. string.rep("]", 999) .. ' }\n')
+    local tok = assert(f.client:get_token("ws"))
+    assert.equal("ws", tok.id)
+    assert.same({ 1, 0, 100, math.huge, true, false, vpp.null }, tok.a)
+    assert.equal("a\0b", tok.nul)
+  end)
+
+  it("keeps every member of a wide object, twice over (the name cache), the last of two equal names", function()
+    local parts = {}
+    for i = 1, 300 do parts[i] = ('"member-%d-%s":%d'):format(i, string.rep("x", i % 50), i) end
+    local body = '{"id":"wide","dup":1,' .. table.concat(parts, ",") .. ',"dup":2,"esc\\u0061ped":3}'
+    for _ = 1, 2 do
+      answer("wide", body)
+      local tok = assert(f.client:get_token("wide"))
+      for i = 1, 300 do assert.equal(i, tok[("member-%d-%s"):format(i, string.rep("x", i % 50))]) end
+      assert.equal(2, tok.dup)
+      assert.equal(3, tok.escaped)
+    end
+  end)
 end)

@@ -18,10 +18,16 @@ function M.start(opts)
   return launcher.start(opts)
 end
 
+--- A copy of settings with extra's keys put over it.
+function M.merged(settings, extra)
+  local o = {}
+  for k, v in pairs(settings) do o[k] = v end
+  for k, v in pairs(extra or {}) do o[k] = v end
+  return o
+end
+
 function M.client(server, opts)
-  local o = { access_token = M.TOKEN, base_url = server.url, timeout = 10 }
-  for k, v in pairs(opts or {}) do o[k] = v end
-  return vpp.new(o)
+  return vpp.new(M.merged({ access_token = M.TOKEN, base_url = server.url, timeout = 10 }, opts))
 end
 
 -- The usual fixture: one fake Graph for a describe block, reset before each

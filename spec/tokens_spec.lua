@@ -114,7 +114,7 @@ describe("vpp.filter", function()
   end)
 
   it("raises on unknown or mistyped criteria", function()
-    assert.has_error(function() vpp.filter(tokens, { states = "valid" }) end, "vpp.filter: unknown criterion 'states'")
+    assert.has_error(function() vpp.filter(tokens, { states = "valid" }) end, "vpp: unknown criterion 'states' for vpp.filter")
     assert.has_error(function() vpp.filter(tokens, { state = 3 }) end,
       "vpp.filter: criteria.state must be a string or a non-empty list of strings")
     assert.has_error(function() vpp.filter(tokens, { state = { "valid", 1 } }) end, "vpp.filter: criteria.state[2] must be a string")

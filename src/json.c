@@ -1,6 +1,7 @@
 /* JSON text to Lua values, read straight from the response buffer.  The
  * grammar is RFC 8259's (numbers included: no leading zeros, no "1.", no
- * NaN); strings come byte for byte, escapes decoded to UTF-8 (a lone
+ * NaN; raw control characters in strings are let through, as lua-cjson
+ * did, but for NUL); strings come byte for byte, escapes decoded to UTF-8 (a lone
  * surrogate is refused); integral numbers that fit become Lua integers on
  * 5.3 and later; null is cjson.null.  It calls no Lua function and takes no
  * C memory, so nothing can run in the middle of it (a debug hook, say) and
@@ -351,9 +352,16 @@ int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap) {
   ps.null = base + 1;
   ps.unwrap = unwrap;
   ps.unwrapped = 0;
-  skip_space(&ps);
-  ok = parse_value(&ps);
-  skip_space(&ps);
+  /* A raw NUL is no JSON anywhere (inside a string it must be \u0000), and
+   * lua-cjson, which read Graph's bodies before, stopped there too. */
+  if (memchr(data, '\0', len)) {
+    ps.p = memchr(data, '\0', len);
+    ok = fail(&ps, "a NUL byte");
+  } else {
+    skip_space(&ps);
+    ok = parse_value(&ps);
+  }
+  if (ok) skip_space(&ps);
   if (ok && ps.p != ps.end) ok = fail(&ps, "more after the value");
   if (!ok) {
     lua_settop(L, base);

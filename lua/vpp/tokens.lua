@@ -93,17 +93,18 @@ function M.filter(tokens, criteria)
   check_arg(tokens, "table", 1, "filter", "tokens must be a list of token tables")
   criteria = criteria or {}
   check_arg(criteria, "table", 2, "filter", "criteria must be a table")
+  local core = require "vpp.core"
+  core._check_keys(criteria, criteria_types, "criterion", " for vpp.filter")
   local sets = {}
   for k, v in pairs(criteria) do
     local kind = criteria_types[k]
-    if not kind then error(("vpp.filter: unknown criterion '%s'"):format(tostring(k)), 2) end
     if kind == "set" then
       sets[k] = set_of(v, k)
     elseif type(v) ~= kind then
       error(("vpp.filter: criteria.%s must be a %s, got %s"):format(k, kind, type(v)), 2)
     end
   end
-  local now = criteria.now or require("vpp.core")._time()
+  local now = criteria.now or core._time()
   local within, expired = criteria.expires_within, criteria.expired
   local out = {}
   for _, t in ipairs(tokens) do
