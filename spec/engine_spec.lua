@@ -230,14 +230,17 @@ describe("honest errors", function()
 
   -- Decoding runs no Lua (json.c): a hook armed as the answer arrives
   -- cannot strike inside it, so its error can never pass for a bad body.
-  -- Hooks are per coroutine: this one sees only the call under test.
+  -- Hooks are per coroutine (but in LuaJIT): this one sees only the call
+  -- under test.
   local function with_hook(mask, call)
     local armed = false
     local c = support.client(f.server, { on_request = function() armed = true end })
     f.server:program("big", { { big = 2000000 } })
-    local co = coroutine.create(function()
+    local co
+    co = coroutine.create(function()
       debug.sethook(function()
-        if armed then
+        -- LuaJIT's hooks are global: strike only inside the call under test.
+        if armed and coroutine.running() == co then
           armed = false
           error("watchdog: out of budget", 0)
         end
@@ -245,6 +248,7 @@ describe("honest errors", function()
       return call(c)
     end)
     local results = { coroutine.resume(co) }
+    debug.sethook()
     return c, results
   end
 
@@ -255,9 +259,13 @@ describe("honest errors", function()
     c:close()
   end)
 
-  it("an error a hook raises in the middle of a call propagates as raised; the client goes on", function()
+  local luajit = type(jit) == "table"
+  local propagates = luajit and pending or it
+  propagates("an error a hook raises in the middle of a call propagates as raised; the client goes on"
+    .. (luajit and " (LuaJIT: hooks are global and see no return to C)" or ""), function()
     local c, r = with_hook("r", function(c) return c:sync_licenses("big") end)
-    assert.same({ false, "watchdog: out of budget" }, { r[1], r[2] })
+    assert.is_false(r[1], "the call went through the hook")
+    assert.equal("watchdog: out of budget", r[2])
     f.server:program("after", { { body = '{"id":"after"}' } })
     assert.equal("after", assert(c:get_token("after")).id)
     c:close()

@@ -1,8 +1,7 @@
 /* Response bodies to Lua tables (json.c): {"value": {...}} is unwrapped,
  * list pages are checked and appended, and Graph error bodies become error
- * tables.  The body
- * lives in the client's buffer, so a raise here (out of memory) leaks nothing. */
-#include <math.h>
+ * tables.  The body lives in the client's buffer, so a raise here (out of
+ * memory) leaks nothing. */
 #include <string.h>
 
 #include "vpp.h"
