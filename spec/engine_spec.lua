@@ -196,6 +196,23 @@ describe("throttling", function()
     assert.is_true(p[2].at - p[1].at >= 1.9, "a write went out " .. (p[2].at - p[1].at) .. " s after the 429")
   end)
 
+  it("after a 429 on a read, no other read for Retry-After; writes go on", function()
+    local c = support.client(f.server, { rate_limit = false, max_retries = 0 })
+    f.server:program("r1", { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "2" } } })
+    local t0 = support.now()
+    assert.is_nil(c:get_token("r1"))
+    assert(c:sync_licenses("w1"))
+    assert.is_true(support.now() - t0 < 0.8, "the write was held")
+    assert(c:get_token("w2"))
+    c:close()
+    local gets = {}
+    for _, e in ipairs(f.server:log()) do
+      if e.method == "GET" then gets[#gets + 1] = e end
+    end
+    assert.equal(2, #gets)
+    assert.is_true(gets[2].at - gets[1].at >= 1.9, "a read went out " .. (gets[2].at - gets[1].at) .. " s after the 429")
+  end)
+
   it("a batch stops writing to a throttled tenant until Retry-After has passed", function()
     local ids = { "w1", "w2", "w3", "w4", "w5" }
     f.server:program("w1", { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "2" } } })
