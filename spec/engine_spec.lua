@@ -269,11 +269,16 @@ describe("honest errors", function()
     return c, results
   end
 
-  it("a call hook armed as a large body arrives does not turn the decode into an error", function()
+  it("a call hook armed as a large body arrives is never turned into a decode error", function()
     local c, r = with_hook("c", function(c) return c:sync_licenses("big") end)
-    assert.is_true(r[1], tostring(r[2]))
-    assert.equal("big", r[2] and r[2].id, tostring(r[3]))
     c:close()
+    if r[1] then
+      assert.equal("big", r[2] and r[2].id, tostring(r[3]))
+    else
+      -- Lua 5.1 runs finalizers (C functions: a call) under hooks, inside
+      -- any allocation: the hook's error then comes out as raised.
+      assert.equal("watchdog: out of budget", r[2])
+    end
   end)
 
   local luajit = type(jit) == "table"
