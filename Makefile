@@ -31,8 +31,13 @@ CFLAGS ?= -O2 -g
 # What the module needs whatever CFLAGS says (a command-line CFLAGS would
 # override a `+=`).
 VPP_CFLAGS = -std=c99 -D_GNU_SOURCE -fPIC -Wall -Wextra $(LUA_CFLAGS) $(CURL_CFLAGS) $(CRYPTO_CFLAGS)
-# A Lua C module never links liblua: the host provides its symbols.
+# A Lua C module never links liblua: the host provides its symbols (on
+# macOS a bundle that leaves them to the loader; untested here).
+ifeq ($(shell uname -s),Darwin)
+LDFLAGS_SHARED ?= -bundle -undefined dynamic_lookup
+else
 LDFLAGS_SHARED ?= -shared
+endif
 LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
 
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_ABI)
