@@ -41,8 +41,6 @@ static const cloud *find_cloud(lua_State *L, const char *name) {
   return NULL;
 }
 
-#define present vpp_option_present
-
 static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
   lua_getfield(L, opts, "managed_identity");
   if (lua_istable(L, -1)) {
@@ -62,8 +60,8 @@ static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
 void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url) {
   const cloud *cl;
   const char *name;
-  int n = present(L, opts, "access_token") + present(L, opts, "client_secret") +
-          present(L, opts, "client_certificate") + present(L, opts, "managed_identity");
+  int n = vpp_option_present(L, opts, "access_token") + vpp_option_present(L, opts, "client_secret") +
+          vpp_option_present(L, opts, "client_certificate") + vpp_option_present(L, opts, "managed_identity");
   memset(a, 0, sizeof *a);
   if (n > 1)
     luaL_error(L, "vpp: choose one credential: access_token, client_secret, client_certificate or managed_identity");
@@ -79,15 +77,15 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
     lua_pushfstring(L, "%s/.default", cl->graph);
     a->scope = vpp_anchor(L, uv, "scope");
   }
-  if (present(L, opts, "client_secret") || present(L, opts, "client_certificate")) {
-    a->kind = present(L, opts, "client_secret") ? VPP_CRED_SECRET : VPP_CRED_CERTIFICATE;
+  if (vpp_option_present(L, opts, "client_secret") || vpp_option_present(L, opts, "client_certificate")) {
+    a->kind = vpp_option_present(L, opts, "client_secret") ? VPP_CRED_SECRET : VPP_CRED_CERTIFICATE;
     a->tenant_id = vpp_string_option(L, opts, uv, "tenant_id", 0);
     a->client_id = vpp_string_option(L, opts, uv, "client_id", 0);
     if (!a->tenant_id || !a->client_id)
       luaL_error(L, "vpp: opts.%s needs opts.tenant_id and opts.client_id", cred_names[a->kind]);
     a->client_secret = vpp_string_option(L, opts, uv, "client_secret", 0);
     a->cert_path = vpp_string_option(L, opts, uv, "client_certificate", 0);
-  } else if (present(L, opts, "managed_identity")) {
+  } else if (vpp_option_present(L, opts, "managed_identity")) {
     a->kind = VPP_CRED_MANAGED;
     read_managed_identity(L, opts, uv, a);
   } else {
@@ -115,11 +113,12 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
       lua_pop(L, 1); /* anchored by uv */
     }
   }
-  if (a->kind != VPP_CRED_CERTIFICATE && (present(L, opts, "client_key") || present(L, opts, "client_key_password")))
+  if (a->kind != VPP_CRED_CERTIFICATE &&
+      (vpp_option_present(L, opts, "client_key") || vpp_option_present(L, opts, "client_key_password")))
     luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
   a->key_path = vpp_string_option(L, opts, uv, "client_key", 0);
   a->key_password = vpp_string_option(L, opts, uv, "client_key_password", 0);
-  if (a->kind != VPP_CRED_MANAGED && present(L, opts, "imds_url"))
+  if (a->kind != VPP_CRED_MANAGED && vpp_option_present(L, opts, "imds_url"))
     luaL_error(L, "vpp: opts.imds_url goes with opts.managed_identity");
 }
 
@@ -213,8 +212,6 @@ static int add_encoded(vpp_buf *b, const char *s) {
   return ok;
 }
 
-#define add vpp_buf_add
-
 void vpp_auth_request_free(vpp_token_request *rq) {
   vpp_buf_free(&rq->url);
   vpp_buf_wipe(&rq->form);
@@ -234,21 +231,22 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
     if (!resource) return 0;
     memcpy(resource, a->scope, n + 1);
     if (n > 9 && strcmp(resource + n - 9, "/.default") == 0) resource[n - 9] = '\0';
-    ok = add(url, a->imds_url) && add(url, strchr(a->imds_url, '?') ? "&" : "?") &&
-         add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
-         (!a->client_id || (add(url, "&client_id=") && add_encoded(url, a->client_id))) && vpp_buf_append(url, "", 1);
+    ok = vpp_buf_add(url, a->imds_url) && vpp_buf_add(url, strchr(a->imds_url, '?') ? "&" : "?") &&
+         vpp_buf_add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
+         (!a->client_id || (vpp_buf_add(url, "&client_id=") && add_encoded(url, a->client_id))) &&
+         vpp_buf_append(url, "", 1);
     free(resource);
     rq->managed = 1;
     if (!ok) vpp_auth_request_free(rq);
     return ok;
   }
   rq->post = 1;
-  ok = add(url, a->authority) && (url->len && url->data[url->len - 1] == '/' ? 1 : add(url, "/")) &&
-       add_encoded(url, a->tenant_id) && add(url, "/oauth2/v2.0/token") && vpp_buf_append(url, "", 1);
-  ok = ok && add(form, "grant_type=client_credentials&client_id=") && add_encoded(form, a->client_id) &&
-       add(form, "&scope=") && add_encoded(form, a->scope);
+  ok = vpp_buf_add(url, a->authority) && (url->len && url->data[url->len - 1] == '/' ? 1 : vpp_buf_add(url, "/")) &&
+       add_encoded(url, a->tenant_id) && vpp_buf_add(url, "/oauth2/v2.0/token") && vpp_buf_append(url, "", 1);
+  ok = ok && vpp_buf_add(form, "grant_type=client_credentials&client_id=") && add_encoded(form, a->client_id) &&
+       vpp_buf_add(form, "&scope=") && add_encoded(form, a->scope);
   if (ok && a->kind == VPP_CRED_SECRET) {
-    ok = add(form, "&client_secret=") && add_encoded(form, a->client_secret);
+    ok = vpp_buf_add(form, "&client_secret=") && add_encoded(form, a->client_secret);
   } else if (ok) {
     vpp_jwt_params p;
     vpp_buf jwt = {0};
@@ -268,8 +266,8 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
     p.now = (long)vpp_epoch();
     ok = vpp_jwt_assertion(&p, &jwt, e);
     ok = ok &&
-         add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
-                   "&client_assertion=") &&
+         vpp_buf_add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+                           "&client_assertion=") &&
          vpp_buf_append(form, jwt.data, jwt.len);
     vpp_buf_wipe(&jwt);
   }

@@ -214,8 +214,9 @@ static size_t build_url(const vpp_client *c, const char *version, const char *pa
   return need;
 }
 
-/* The URL of an action on a token id (and, for syncApps, an organization
- * id), in out if it fits, else in a scratch userdata pushed on the stack. */
+/* The URL of an action on the token id at id_idx (and, for syncApps, the
+ * organization id at org_idx), or of the list, in out if it fits, else in a
+ * scratch userdata pushed on the stack. */
 static const char *action_url(lua_State *L, const vpp_client *c, vpp_action action, int org_idx, int id_idx, char *out,
                               size_t cap) {
   const char *seg[2] = {"", ""}, *version = c->api_version, *path;
@@ -226,6 +227,8 @@ static const char *action_url(lua_State *L, const vpp_client *c, vpp_action acti
     path = "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps";
     seg[0] = lua_tolstring(L, org_idx, &len[0]);
     seg[1] = lua_tolstring(L, id_idx, &len[1]);
+  } else if (action == VPP_LIST_TOKENS) {
+    path = "/deviceAppManagement/vppTokens";
   } else {
     path =
         action == VPP_GET_TOKEN ? "/deviceAppManagement/vppTokens/%" : "/deviceAppManagement/vppTokens/%/syncLicenses";
@@ -248,8 +251,7 @@ const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action a
 }
 
 /* Performs one call on a token and returns the token or nil, err.  The URL
- * is built in C memory: a Lua string per call costs more than the rest of
- * the call's own work. */
+ * is built in C memory (no Lua string to make and collect per call). */
 static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
   char buf[512];
   size_t idlen;
@@ -356,15 +358,7 @@ static int do_list_tokens(lua_State *L) {
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
-  {
-    static const char *const none[2] = {"", ""};
-    static const size_t zero[2] = {0, 0};
-    size_t need = build_url(c, c->api_version, "/deviceAppManagement/vppTokens", none, zero, NULL, 0);
-    char *url = lua_newuserdatauv(L, need, 0);
-    build_url(c, c->api_version, "/deviceAppManagement/vppTokens", none, zero, url, need);
-    lua_pushstring(L, url);
-    lua_remove(L, -2);
-  }
+  vpp_client_push_action_url(L, c, VPP_LIST_TOKENS, 0, 0);
   if (!lua_isnil(L, 2)) {
     push_query(L, 2);
     lua_concat(L, 2);

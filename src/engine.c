@@ -80,17 +80,16 @@ void vpp_engine_release(vpp_client *c) {
 static void trace(lua_State *L, vpp_client *c, vpp_transfer *t, int attempt) {
   const vpp_reply *r = &t->reply;
   int token = t->job == VPP_TOKEN_JOB;
-  char *url = NULL;
+  char *method = NULL, *url = NULL;
   double seconds = 0;
   if (!c->s.traced) return; /* no table lookups per request otherwise */
   lua_getiuservalue(L, VPP_RUN_CLIENT, 1);
   lua_getfield(L, -1, "on_request");
   lua_remove(L, -2);
   lua_createtable(L, 0, 9);
-  curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_METHOD, &url);
-  lua_pushstring(L, url ? url : "GET");
+  curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_METHOD, &method);
+  lua_pushstring(L, method ? method : "GET");
   lua_setfield(L, -2, "method");
-  url = NULL;
   if (curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url) {
     lua_pushlstring(L, url, token ? strcspn(url, "?") : strlen(url));
     lua_setfield(L, -2, "url");
@@ -274,7 +273,6 @@ static void fetch_done(lua_State *L, vpp_client *c, vpp_transfer *t) {
   c->fetch_attempts++;
   trace(L, c, t, c->fetch_attempts);
   vpp_transfer_release(t);
-  t->job = VPP_IDLE;
   if (retryable(&t->reply) && c->fetch_attempts <= c->s.max_retries) {
     server = retry_wait(c, &t->reply, c->fetch_attempts, &wait);
     if (!server || wait <= c->s.max_retry_delay) {
@@ -381,7 +379,7 @@ static int job_done(lua_State *L, vpp_batch *b, vpp_transfer *t) {
     /* Never again before the server's Retry-After: a wait above
      * max_retry_delay ends the job (err.retry_after says how long). */
     if (job->attempts <= c->s.max_retries && (!server || wait <= c->s.max_retry_delay)) {
-      wait_job(b, j, now + (wait > c->s.max_retry_delay ? c->s.max_retry_delay : wait));
+      wait_job(b, j, now + wait); /* a backoff is never above the cap */
       return 1;
     }
   }
@@ -435,18 +433,13 @@ static void take_job(vpp_batch *b, int slot) {
     b->waiting[slot] = b->waiting[--b->nwaiting];
 }
 
-/* The earliest time a transfer's watchdog (see transfer.c) may strike, so
- * that the loop wakes for it: timeouts are kept to the millisecond. */
+/* Lowers wake to the earliest time a running transfer's watchdog may
+ * strike (transfer.c). */
 static double watchdog_wake(const vpp_client *c, double wake) {
   int i;
   for (i = 0; i <= c->pool_size; i++) {
     const vpp_transfer *t = i < c->pool_size ? c->pool[i] : c->fetcher;
-    double at;
-    if (!t || t->job == VPP_IDLE) continue;
-    at = t->active_at + c->s.stall_timeout;
-    if (t->deadline < at) at = t->deadline;
-    if (!t->reply.sent && t->started_at + c->s.connect_timeout < at) at = t->started_at + c->s.connect_timeout;
-    if (at < wake) wake = at;
+    if (t && t->job != VPP_IDLE && vpp_transfer_wake(t) < wake) wake = vpp_transfer_wake(t);
   }
   return wake;
 }
@@ -515,9 +508,9 @@ static int engine_body(lua_State *L) {
 }
 
 /* Runs b.  The stack holds, on top: the client, the URLs (a C string as a
- * light userdata for one job, else a table of strings), and nextra (at least 1) values for the deliver
- * function; they are replaced by one value: what the deliver function left
- * in the first of them. */
+ * light userdata for one job, else a table of strings), and nextra (at
+ * least 1) values for the deliver function; they are replaced by one
+ * value: what the deliver function left in the first of them. */
 void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra) {
   int base = lua_gettop(L) - (2 + nextra), status;
   b->next = b->done = b->active = b->nwaiting = 0;
@@ -529,7 +522,7 @@ void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra) {
   lua_insert(L, base + 2);
   b->c->busy = 1;
   status = lua_pcall(L, 3 + nextra, 1, 0);
-  if (b->c->multi) detach_all(b->c); /* NULL: collected from a callback */
+  detach_all(b->c);
   b->c->busy = 0;
   if (status != LUA_OK) lua_error(L);
 }

@@ -338,6 +338,7 @@ static int parse_value(parser *ps) {
 int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap) {
   parser ps;
   int base = lua_gettop(L), ok;
+  const char *nul;
   lua_getfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
   lua_getfield(L, LUA_REGISTRYINDEX, KEYS_KEY);
   ps.cache = lua_touserdata(L, -1);
@@ -354,8 +355,8 @@ int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap) {
   ps.unwrapped = 0;
   /* A raw NUL is no JSON anywhere (inside a string it must be \u0000), and
    * lua-cjson, which read Graph's bodies before, stopped there too. */
-  if (memchr(data, '\0', len)) {
-    ps.p = memchr(data, '\0', len);
+  if ((nul = memchr(data, '\0', len)) != NULL) {
+    ps.p = nul;
     ok = fail(&ps, "a NUL byte");
   } else {
     skip_space(&ps);

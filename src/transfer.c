@@ -73,7 +73,7 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
   double now = vpp_now();
   (void)dltotal;
   (void)ultotal;
-  if (now >= t->deadline) {
+  if (now >= t->started_at + t->settings->timeout) {
     t->reply.watchdog = VPP_TIMED_OUT;
     return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a timeout */
   }
@@ -94,6 +94,17 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     }
   }
   return 0;
+}
+
+/* The earliest time on_progress may end t, so that the loop can wake for
+ * it (libcurl calls back at least once a second, timeouts are wanted to
+ * the millisecond). */
+double vpp_transfer_wake(const vpp_transfer *t) {
+  const vpp_settings *s = t->settings;
+  double at = t->active_at + s->stall_timeout;
+  if (t->started_at + s->timeout < at) at = t->started_at + s->timeout;
+  if (!t->reply.sent && t->started_at + s->connect_timeout < at) at = t->started_at + s->connect_timeout;
+  return at;
 }
 
 /* A fresh easy handle with the client's settings; NULL when out of memory.
@@ -182,7 +193,6 @@ static void reset(vpp_transfer *t) {
   r->watchdog = 0;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = r->client_request_id[0] = '\0';
   t->active_at = t->started_at = vpp_now();
-  t->deadline = t->started_at + t->settings->timeout;
   t->moved = 0;
 }
 

@@ -180,7 +180,6 @@ typedef struct vpp_transfer {
   int job;                  /* the job it runs; VPP_IDLE, VPP_TOKEN_JOB */
   unsigned auth_generation; /* of the token it sent */
   double started_at;        /* when it was prepared (vpp_now) */
-  double deadline;          /* started_at + timeout */
   double active_at;         /* when a byte last moved */
   curl_off_t moved;         /* bytes down and up by then */
   const vpp_origin *origin; /* redirects stay within it */
@@ -196,6 +195,7 @@ vpp_transfer *vpp_transfer_new(const vpp_settings *s, int pipewait);
 void vpp_transfer_free(vpp_transfer *t);
 int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq);
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
+double vpp_transfer_wake(const vpp_transfer *t);
 void vpp_transfer_release(vpp_transfer *t);
 int vpp_transfer_redirect(vpp_transfer *t);
 
@@ -298,8 +298,8 @@ void vpp_engine_release(vpp_client *c);
 
 /* ==== client.c, batch.c: the Lua methods (registered by vpp.c) ==== */
 
-/* The calls on one token, and the URL of each. */
-typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN } vpp_action;
+/* The calls on one token, and the list; the URL of each. */
+typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN, VPP_LIST_TOKENS } vpp_action;
 
 int vpp_client_open_lib(lua_State *L);
 vpp_client *vpp_client_check(lua_State *L, int idx);
