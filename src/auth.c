@@ -319,7 +319,7 @@ int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r) {
                r->curl_message[0] ? r->curl_message : curl_easy_strerror(r->curl_code), 0);
     return 0;
   }
-  if (vpp_decode_body(L, r->body.data, r->body.len) && lua_istable(L, -1)) body = lua_gettop(L);
+  if (vpp_json_decode(L, r->body.data, r->body.len, 0) && lua_istable(L, -1)) body = lua_gettop(L);
   if (r->status != 200 || !body) {
     endpoint_error(L, r, body);
     lua_insert(L, top + 1);

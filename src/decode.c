@@ -17,11 +17,6 @@ void vpp_decode_setup(lua_State *L) {
   vpp_json_setup(L);
 }
 
-/* Pushes the decoded body and returns 1, or pushes what is wrong with it
- * and returns 0.  Only a body that is not JSON is a bad body: running out
- * of memory meanwhile raises, as everywhere. */
-int vpp_decode_body(lua_State *L, const char *data, size_t len) { return vpp_json_decode(L, data, len, 0) != 0; }
-
 static int is_object(lua_State *L, int idx) { return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0; }
 
 static int blank(const vpp_buf *b) {
@@ -124,7 +119,7 @@ static const char *string_field(lua_State *L, int t, const char *k) {
 static int http_error(lua_State *L, vpp_reply *r) {
   const char *code = NULL, *message = NULL;
   int top = lua_gettop(L);
-  if (vpp_decode_body(L, r->body.data, r->body.len) && is_object(L, -1)) {
+  if (vpp_json_decode(L, r->body.data, r->body.len, 0) && is_object(L, -1)) {
     lua_getfield(L, -1, "error");
     if (is_object(L, -1)) {
       int e = lua_gettop(L);

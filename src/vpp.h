@@ -128,7 +128,6 @@ void vpp_error_setup(lua_State *L);
 
 int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap);
 void vpp_json_setup(lua_State *L);
-int vpp_decode_body(lua_State *L, const char *data, size_t len);
 int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
 int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
 int vpp_reply_ok(const vpp_reply *r);
