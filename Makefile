@@ -53,7 +53,8 @@ CORE = $(BUILD)/vpp/core.so
 # What `make test` needs on Debian 12; installed when missing (as root).
 DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
-  libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse
+  libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse \
+  lua-cqueues lua-luv
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -175,11 +176,12 @@ lint: deps
 
 # The command runs on the Lua it was installed for.
 install: $(CORE)
-	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop $(DESTDIR)$(BINDIR)
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
 	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
 	install -m 644 lua/vpp/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/
 	install -m 644 lua/vpp/cli/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli/
+	install -m 644 lua/vpp/loop/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop/
 	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/vpp > $(DESTDIR)$(BINDIR)/vpp
 	chmod 755 $(DESTDIR)$(BINDIR)/vpp
 

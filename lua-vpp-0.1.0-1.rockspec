@@ -34,6 +34,9 @@ build = {
     ["vpp.tokens"] = "lua/vpp/tokens.lua",
     ["vpp.sync"] = "lua/vpp/sync.lua",
     ["vpp.env"] = "lua/vpp/env.lua",
+    ["vpp.evented"] = "lua/vpp/evented.lua",
+    ["vpp.loop.cqueues"] = "lua/vpp/loop/cqueues.lua",
+    ["vpp.loop.luv"] = "lua/vpp/loop/luv.lua",
     ["vpp.cli"] = "lua/vpp/cli.lua",
     ["vpp.cli.check"] = "lua/vpp/cli/check.lua",
     ["vpp.cli.format"] = "lua/vpp/cli/format.lua",
@@ -41,8 +44,8 @@ build = {
     ["vpp.core"] = {
       sources = {
         "src/auth.c", "src/base.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c",
-        "src/errors.c", "src/json.c", "src/jwt.c", "src/options.c", "src/platform.c", "src/throttle.c", "src/transfer.c",
-        "src/url.c", "src/vpp.c",
+        "src/errors.c", "src/json.c", "src/jwt.c", "src/options.c", "src/platform.c", "src/run.c", "src/throttle.c",
+        "src/transfer.c", "src/url.c", "src/vpp.c",
       },
       defines = { "_GNU_SOURCE" },
       libraries = { "curl", "crypto", "m", "pthread" },

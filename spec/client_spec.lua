@@ -137,7 +137,7 @@ describe("client", function()
 
     it("for a bad list query", function()
       raises(function() c:list_tokens("state eq 'valid'") end, 1, "list_tokens", "query must be a table, got string")
-      assert.has_error(function() c:list_tokens { where = "x" } end, "vpp: unknown query key 'where' (expected select, top or filter)")
+      assert.has_error(function() c:list_tokens { where = "x" } end, "vpp: unknown query key 'where' (expected select, top, filter or deadline)")
       assert.has_error(function() c:list_tokens { top = 0 } end, "vpp: query.top must be a positive integer")
       assert.has_error(function() c:list_tokens { top = 2.5 } end, "vpp: query.top must be a positive integer")
       assert.has_error(function() c:list_tokens { select = {} } end, "vpp: query.select must be a string or a non-empty list of strings")

@@ -347,12 +347,12 @@ int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r) {
 
 /* Calls the access_token function (uv.access_token): (token [, expires_at]).
  * 1 with the token cached; or 0 with nil, err pushed. */
-int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv) {
+/* Keeps what an access_token function returned (token, expiry: the two
+ * values on top, popped): 1, or 0 with nil, err pushed. */
+int vpp_auth_take_provided(lua_State *L, vpp_auth *a) {
   const char *token;
   size_t len;
   double lifetime = 0;
-  lua_getfield(L, uv, "access_token");
-  lua_call(L, 0, 2); /* the client is busy: the function cannot close or use it */
   token = lua_tolstring(L, -2, &len);
   if (lua_type(L, -2) != LUA_TSTRING || len == 0) {
     lua_pop(L, 2);
@@ -370,4 +370,11 @@ int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv) {
   }
   lua_pop(L, 2);
   return 1;
+}
+
+/* Calls the client's access_token function (blocking mode: from C). */
+int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv) {
+  lua_getfield(L, uv, "access_token");
+  lua_call(L, 0, 2); /* the client is busy: the function cannot close or use it */
+  return vpp_auth_take_provided(L, a);
 }

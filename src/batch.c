@@ -1,5 +1,6 @@
 /* client:sync_many(ids [, opts]) and client:get_many(ids [, opts]): one job
  * per id on the engine, results in input order, on_result as each ends. */
+#include <math.h>
 #include <string.h>
 
 #include "vpp.h"
@@ -7,30 +8,21 @@
 #define DEFAULT_CONCURRENCY 8
 #define MAX_CONCURRENCY     256
 
-/* The batch and the counts the results table reports. */
-typedef struct many {
-  vpp_batch b;
-  int ok, failed;
-} many;
-
-/* Stack slots inside the engine run (see vpp_engine_run). */
-#define IDS       VPP_RUN_EXTRA
-#define RESULTS   (VPP_RUN_EXTRA + 1)
-#define ON_RESULT (VPP_RUN_EXTRA + 2)
-
-/* results[j+1] = { id, token | err, attempts }, then on_result(result, done, total). */
-static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
-  many *m = (many *)b;
+/* results[j+1] = { id, token | err, attempts }, counted in results.ok or
+ * results.failed, and queued in state.events for on_result. */
+static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
   size_t idlen;
   const char *id;
-  int ok, base;
-  if (!t) lua_remove(L, -2); /* nil, err: keep err */
-  lua_rawgeti(L, IDS, j + 1);
+  int ok, base, results;
+  lua_getfield(L, state, "results");
+  results = lua_gettop(L);
+  lua_getfield(L, state, "ids");
+  lua_rawgeti(L, -1, j + 1);
   id = lua_tolstring(L, -1, &idlen);
   base = lua_gettop(L);
   if (!t) {
     lua_pushnil(L);
-    lua_pushvalue(L, base - 1);
+    lua_pushvalue(L, err);
   } else if (!vpp_reply_ok(&t->reply)) {
     vpp_reply_error(L, &t->reply);
   } else if (vpp_decode_entity(L, &t->reply, id, idlen) == 1) {
@@ -40,7 +32,6 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
   lua_copy(L, -2, base + 1);
   lua_copy(L, -1, base + 2);
   lua_settop(L, base + 2);
-  if (!t) lua_remove(L, base - 1);
   /* id, token-or-nil, err-or-nil */
   ok = lua_isnil(L, -1);
   lua_createtable(L, 0, 4);
@@ -50,26 +41,21 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t) {
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, b->jobs[j].attempts);
   lua_setfield(L, -2, "attempts");
-  if (ok)
-    m->ok++;
-  else
-    m->failed++;
-  lua_pushvalue(L, -1);
-  lua_rawseti(L, RESULTS, j + 1);
-  if (lua_isfunction(L, ON_RESULT)) {
-    lua_pushvalue(L, ON_RESULT);
-    lua_insert(L, -2);
-    lua_pushinteger(L, b->done);
-    lua_pushinteger(L, b->n);
-    lua_call(L, 3, 0);
-  } else {
-    lua_pop(L, 1);
+  lua_rawseti(L, results, j + 1);
+  lua_getfield(L, results, ok ? "ok" : "failed");
+  lua_pushinteger(L, lua_tointeger(L, -1) + 1);
+  lua_setfield(L, results, ok ? "ok" : "failed");
+  lua_getfield(L, state, "on_result");
+  if (!lua_isnil(L, -1)) {
+    lua_getfield(L, state, "events");
+    lua_rawgeti(L, results, j + 1);
+    lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
   }
 }
 
 static void check_opts_keys(lua_State *L, int opts, vpp_action action) {
-  static const char *const sync_keys[] = {"concurrency", "on_result", "action", "organization_id", NULL};
-  static const char *const get_keys[] = {"concurrency", "on_result", NULL};
+  static const char *const sync_keys[] = {"concurrency", "on_result", "action", "organization_id", "deadline", NULL};
+  static const char *const get_keys[] = {"concurrency", "on_result", "deadline", NULL};
   vpp_check_keys(L, opts, action == VPP_GET_TOKEN ? get_keys : sync_keys, "option", "");
 }
 
@@ -89,9 +75,9 @@ static vpp_action read_action(lua_State *L, int opts) {
 
 static int run_many(lua_State *L, vpp_action action) {
   vpp_client *c = vpp_client_check(L, 1);
-  int n, i, concurrency = DEFAULT_CONCURRENCY, opts = 0;
-  many m;
-  memset(&m, 0, sizeof m);
+  int n, i, concurrency = DEFAULT_CONCURRENCY, opts = 0, state;
+  double deadline = HUGE_VAL;
+  vpp_batch *b;
   if (!lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "ids must be a list of token ids, got %s", luaL_typename(L, 2)));
   if (!lua_isnoneornil(L, 3)) {
@@ -122,6 +108,7 @@ static int run_many(lua_State *L, vpp_action action) {
     lua_getfield(L, opts, "on_result");
     if (!lua_isnil(L, -1) && !lua_isfunction(L, -1)) luaL_error(L, "vpp: opts.on_result must be a function");
     lua_pop(L, 1);
+    deadline = vpp_deadline_option(L, opts, "opts.deadline");
   }
   /* 4: the organization id, for sync_apps */
   if (action == VPP_SYNC_APPS) {
@@ -131,47 +118,39 @@ static int run_many(lua_State *L, vpp_action action) {
   } else {
     lua_pushnil(L);
   }
-  /* 5: the URLs, in input order; the ids as they are now, in a table of
-   * our own (2), so that results keep them whatever a callback does to
-   * the caller's list. */
-  lua_createtable(L, n, 0);
-  lua_createtable(L, n, 0);
+  b = vpp_run_new(L, 1, n, action != VPP_GET_TOKEN, concurrency, many_deliver); /* 5 */
+  b->deadline_at = deadline;
+  state = 5;
+  /* The URLs, in input order; the ids as they are now, in a table of our
+   * own, so that results keep them whatever a callback does to the
+   * caller's list. */
+  lua_createtable(L, n, 0); /* 6 */
+  lua_createtable(L, n, 0); /* 7 */
   for (i = 1; i <= n; i++) {
     lua_rawgeti(L, 2, i);
     lua_pushvalue(L, -1);
     lua_rawseti(L, 6, i);
-    vpp_client_push_action_url(L, c, action, 4, 7);
-    lua_rawseti(L, 5, i);
+    vpp_client_push_action_url(L, c, action, 4, 8);
+    lua_rawseti(L, 7, i);
     lua_pop(L, 1);
   }
-  lua_replace(L, 2);
-  lua_createtable(L, n, 2); /* 6: the results */
-  /* 7, 8: job state in Lua-owned memory, so a raise leaves nothing to free */
-  m.b.jobs = lua_newuserdatauv(L, (size_t)n * sizeof(vpp_job) + 1, 0);
-  memset(m.b.jobs, 0, (size_t)n * sizeof(vpp_job));
-  m.b.waiting = lua_newuserdatauv(L, (size_t)n * sizeof(int) + 1, 0);
-  m.b.c = c;
-  m.b.n = n;
-  m.b.post = action != VPP_GET_TOKEN;
-  m.b.concurrency = concurrency;
-  m.b.deliver = many_deliver;
-
-  lua_pushvalue(L, 1); /* client */
-  lua_pushvalue(L, 5); /* URLs */
-  lua_pushvalue(L, 2); /* ids */
-  lua_pushvalue(L, 6); /* results */
-  if (opts)
-    lua_getfield(L, opts, "on_result");
-  else
-    lua_pushnil(L);
-  vpp_engine_run(L, &m.b, 3);
-  lua_pop(L, 1);
-  lua_pushvalue(L, 6);
-  lua_pushinteger(L, m.ok);
+  lua_setfield(L, state, "urls");
+  lua_setfield(L, state, "ids");
+  lua_createtable(L, n, 2);
+  lua_pushinteger(L, 0);
   lua_setfield(L, -2, "ok");
-  lua_pushinteger(L, m.failed);
+  lua_pushinteger(L, 0);
   lua_setfield(L, -2, "failed");
-  return 1;
+  lua_pushvalue(L, -1);
+  lua_setfield(L, state, "results");
+  lua_rawseti(L, state, 1);
+  if (opts) {
+    lua_getfield(L, opts, "on_result");
+    lua_setfield(L, state, "on_result");
+  }
+  lua_newtable(L);
+  lua_setfield(L, state, "events");
+  return vpp_client_run(L, c, 1);
 }
 
 static int sync_many(lua_State *L) { return run_many(L, VPP_SYNC_LICENSES); }

@@ -3,6 +3,7 @@
  * and the module-level shortcuts.
  * As in liolib, the userdata exists with its metatable before the handle is
  * acquired, and one idempotent close serves close, __gc and __close. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -13,10 +14,31 @@
 #define DEFAULT_RATE_REQUESTS 1000
 #define DEFAULT_RATE_PER      20.0
 
+/* A client, blocking or under a loop (two metatables: a loop client's
+ * methods are the Lua driver's, over the same C ones). */
+vpp_client *vpp_client_to(lua_State *L, int idx) {
+  void *p = lua_touserdata(L, idx);
+  if (p && lua_getmetatable(L, idx)) {
+    int ok;
+    luaL_getmetatable(L, VPP_CLIENT_MT);
+    ok = lua_rawequal(L, -1, -2);
+    lua_pop(L, 1);
+    if (!ok) {
+      luaL_getmetatable(L, VPP_LOOP_CLIENT_MT);
+      ok = lua_rawequal(L, -1, -2);
+      lua_pop(L, 1);
+    }
+    lua_pop(L, 1);
+    if (ok) return p;
+  }
+  luaL_argerror(L, idx, lua_pushfstring(L, "%s expected, got %s", VPP_CLIENT_MT, luaL_typename(L, idx)));
+  return NULL;
+}
+
 vpp_client *vpp_client_check(lua_State *L, int idx) {
-  vpp_client *c = luaL_checkudata(L, idx, VPP_CLIENT_MT);
+  vpp_client *c = vpp_client_to(L, idx);
   if (!c->multi) luaL_error(L, "vpp: the client is closed");
-  if (c->busy) luaL_error(L, "vpp: the client is busy: it cannot be used from its own callbacks");
+  if (c->busy || c->stepping) luaL_error(L, "vpp: the client is busy: it cannot be used from its own callbacks");
   return c;
 }
 
@@ -126,12 +148,17 @@ static int client_new(lua_State *L) {
 
   c = lua_newuserdatauv(L, sizeof *c, 1);
   *c = s;
-  luaL_setmetatable(L, VPP_CLIENT_MT);
+  luaL_setmetatable(L, s.s.looped ? VPP_LOOP_CLIENT_MT : VPP_CLIENT_MT);
   lua_pushvalue(L, uv);
   lua_setiuservalue(L, -2, 1);
+  lua_newtable(L);
+  lua_setfield(L, uv, "runs");
+  lua_newtable(L);
+  lua_setfield(L, uv, "traces");
   c->multi = curl_multi_init();
   if (!c->multi) return luaL_error(L, "vpp: cannot create a libcurl multi handle");
   curl_multi_setopt(c->multi, CURLMOPT_PIPELINING, (long)CURLPIPE_MULTIPLEX);
+  if (c->s.looped && !vpp_engine_evented(c)) return luaL_error(L, "vpp: cannot create a poller for opts.loop");
   return 1;
 }
 
@@ -143,9 +170,17 @@ static void client_release(vpp_client *c) {
 /* close() and __close: not from the client's own callbacks, where the
  * engine still needs it. */
 static int client_close(lua_State *L) {
-  vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
-  if (c->busy) return luaL_error(L, "vpp: the client cannot be closed from its own callbacks");
+  vpp_client *c = vpp_client_to(L, 1);
+  if (c->busy || c->stepping) return luaL_error(L, "vpp: the client cannot be closed from its own callbacks");
   client_release(c);
+  return 0;
+}
+
+/* client:cancel(): from anywhere (a callback, another coroutine, a timer,
+ * a hook); every call under way ends at its next step. */
+static int client_cancel(lua_State *L) {
+  vpp_client *c = vpp_client_to(L, 1);
+  if (c->multi) vpp_engine_cancel(c);
   return 0;
 }
 
@@ -170,7 +205,7 @@ static int client_config(lua_State *L) {
 }
 
 static int client_tostring(lua_State *L) {
-  vpp_client *c = luaL_checkudata(L, 1, VPP_CLIENT_MT);
+  vpp_client *c = vpp_client_to(L, 1);
   if (c->multi)
     lua_pushfstring(L, "vpp.client (%s/%s)", c->base_url, c->api_version);
   else
@@ -250,17 +285,69 @@ const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action a
   return lua_tostring(L, -1);
 }
 
-/* Performs one call on a token and returns the token or nil, err.  The URL
- * is built in C memory (no Lua string to make and collect per call). */
+/* Under a loop, a C method returns the run for the Lua driver to drive
+ * (lua/vpp/evented.lua): the marker core._pending, then its state. */
+static const char pending_key = 'p';
+
+/* Runs the run of the state on top, blocking or under the loop, and
+ * returns what the call returns. */
+int vpp_client_run(lua_State *L, vpp_client *c, int client_idx) {
+  int state = lua_gettop(L);
+  if (c->evented) {
+    vpp_run_start(L, client_idx, state);
+    lua_rawgetp(L, LUA_REGISTRYINDEX, &pending_key);
+    lua_pushvalue(L, state);
+    return 2;
+  }
+  vpp_run_block(L, client_idx, state);
+  lua_rawgeti(L, state, 1);
+  lua_rawgeti(L, state, 2);
+  return 2;
+}
+
+/* state[1], state[2] = the values on top (a token, or nil and err): one or
+ * two of them, popped. */
+static void keep_result(lua_State *L, int state, int n) {
+  if (n == 2) lua_rawseti(L, state, 2);
+  lua_rawseti(L, state, 1);
+}
+
+/* A single call's job ended: its token or nil, err, decoded at once (under
+ * a loop the transfer serves another run before the driver looks). */
+static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
+  size_t idlen;
+  const char *id;
+  (void)b;
+  (void)j;
+  if (!t) {
+    lua_pushnil(L);
+    lua_pushvalue(L, err);
+    keep_result(L, state, 2);
+    return;
+  }
+  if (!vpp_reply_ok(&t->reply)) {
+    keep_result(L, state, vpp_reply_error(L, &t->reply));
+    return;
+  }
+  lua_getfield(L, state, "id");
+  id = lua_tolstring(L, -1, &idlen);
+  keep_result(L, state, vpp_decode_entity(L, &t->reply, id, idlen));
+}
+
+/* Performs one call on a token: the token or nil, err. */
 static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
   char buf[512];
-  size_t idlen;
-  const char *id = lua_tolstring(L, id_idx, &idlen);
   const char *url = action_url(L, c, action, org_idx, id_idx, buf, sizeof buf);
-  vpp_transfer *t = vpp_engine_one(L, c, action != VPP_GET_TOKEN, 1, url);
-  if (!t) return 2;
-  if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
-  return vpp_decode_entity(L, &t->reply, id, idlen);
+  lua_pushstring(L, url);
+  lua_createtable(L, 1, 0);
+  lua_insert(L, -2);
+  lua_rawseti(L, -2, 1);
+  vpp_run_new(L, 1, 1, action != VPP_GET_TOKEN, 1, one_deliver);
+  lua_insert(L, -2);
+  lua_setfield(L, -2, "urls");
+  lua_pushvalue(L, id_idx);
+  lua_setfield(L, -2, "id");
+  return vpp_client_run(L, c, 1);
 }
 
 static int do_sync_licenses(lua_State *L) {
@@ -299,8 +386,8 @@ static void push_encoded(lua_State *L, int idx) {
 static void push_query(lua_State *L, int q) {
   int sel = lua_gettop(L) + 1;
   const char *sep = "?";
-  static const char *const keys[] = {"select", "top", "filter", NULL};
-  vpp_check_keys(L, q, keys, "query key", " (expected select, top or filter)");
+  static const char *const keys[] = {"select", "top", "filter", "deadline", NULL};
+  vpp_check_keys(L, q, keys, "query key", " (expected select, top, filter or deadline)");
   lua_getfield(L, q, "select");
   if (lua_type(L, sel) == LUA_TSTRING) {
     lua_createtable(L, 1, 0);
@@ -348,53 +435,95 @@ static void push_query(lua_State *L, int q) {
   lua_remove(L, sel);
 }
 
-/* client:list_tokens([query]): every page, following @odata.nextLink within
+/* A page of list_tokens arrived: its tokens added to state.out, then the
+ * next page fetched by the same job, following @odata.nextLink within
  * base_url's origin, refusing a link seen before (a loop). */
+static void page_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
+  vpp_client *c = b->c;
+  const char *url = NULL;
+  lua_Integer pages;
+  int n;
+  if (!t) {
+    lua_pushnil(L);
+    lua_pushvalue(L, err);
+    keep_result(L, state, 2);
+    return;
+  }
+  if (!vpp_reply_ok(&t->reply)) {
+    keep_result(L, state, vpp_reply_error(L, &t->reply));
+    return;
+  }
+  lua_getfield(L, state, "out");
+  if ((n = vpp_decode_page(L, &t->reply, lua_gettop(L), &url))) {
+    keep_result(L, state, n);
+    return;
+  }
+  if (!url) {
+    lua_pop(L, 1); /* the nil link: the list is on top */
+    keep_result(L, state, 1);
+    return;
+  }
+  lua_getfield(L, state, "pages");
+  pages = lua_tointeger(L, -1) + 1;
+  if (pages >= c->s.max_pages) {
+    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(too_many_pages),
+                                         "list_tokens stopped after max_pages pages: Graph keeps sending @odata.nextLink",
+                                         &t->reply));
+    return;
+  }
+  if (!vpp_url_same_origin(&c->origin, url)) {
+    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
+                                         "@odata.nextLink points to another scheme, host or port than base_url",
+                                         &t->reply));
+    return;
+  }
+  lua_getfield(L, state, "seen");
+  lua_pushvalue(L, -3); /* the link: on the stack under the page's table */
+  lua_rawget(L, -2);
+  if (lua_toboolean(L, -1)) {
+    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(next_link_loop),
+                                         "@odata.nextLink points to a page already fetched", &t->reply));
+    return;
+  }
+  lua_pushinteger(L, pages);
+  lua_setfield(L, state, "pages");
+  lua_pushstring(L, url);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -4);
+  lua_getfield(L, state, "urls");
+  lua_pushstring(L, url);
+  lua_rawseti(L, -2, 1);
+  vpp_run_requeue(b, j);
+}
+
+/* client:list_tokens([query]): every page. */
 static int do_list_tokens(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
-  int out, seen;
-  lua_Integer pages = 0;
-  const char *url = NULL;
+  double deadline = HUGE_VAL;
+  vpp_batch *b;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
   vpp_client_push_action_url(L, c, VPP_LIST_TOKENS, 0, 0);
   if (!lua_isnil(L, 2)) {
+    deadline = vpp_deadline_option(L, 2, "query.deadline");
     push_query(L, 2);
     lua_concat(L, 2);
   }
+  b = vpp_run_new(L, 1, 1, 0, 1, page_deliver); /* 4 */
+  b->deadline_at = deadline;
+  lua_createtable(L, 1, 0);
+  lua_pushvalue(L, 3);
+  lua_rawseti(L, -2, 1);
+  lua_setfield(L, 4, "urls");
   lua_newtable(L);
-  out = lua_gettop(L);
-  lua_newtable(L);
-  seen = lua_gettop(L);
-  lua_pushvalue(L, out - 1); /* the first URL */
-  for (;;) {
-    int n;
-    vpp_transfer *t;
-    lua_pushvalue(L, -1);
-    lua_pushboolean(L, 1);
-    lua_rawset(L, seen);
-    if (!(t = vpp_engine_one(L, c, 0, 1, lua_tostring(L, -1)))) return 2;
-    if (!vpp_reply_ok(&t->reply)) return vpp_reply_error(L, &t->reply);
-    lua_pop(L, 1); /* the URL just fetched */
-    if ((n = vpp_decode_page(L, &t->reply, out, &url))) return n;
-    if (!url) break;
-    if (++pages >= c->s.max_pages)
-      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(too_many_pages),
-                            "list_tokens stopped after max_pages pages: Graph keeps sending @odata.nextLink",
-                            &t->reply);
-    if (!vpp_url_same_origin(&c->origin, url))
-      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
-                            "@odata.nextLink points to another scheme, host or port than base_url", &t->reply);
-    lua_pushvalue(L, -1);
-    lua_rawget(L, seen);
-    if (lua_toboolean(L, -1))
-      return vpp_error_push(L, "decode", t->reply.status, VPP_CODE(next_link_loop),
-                            "@odata.nextLink points to a page already fetched", &t->reply);
-    lua_pop(L, 1);
-  }
-  lua_settop(L, out);
-  return 1;
+  lua_setfield(L, 4, "out");
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, 3);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_setfield(L, 4, "seen");
+  return vpp_client_run(L, c, 1);
 }
 
 /* ---- module-level shortcuts: a client for one call, closed after it ---- */
@@ -423,6 +552,7 @@ int vpp_client_open_lib(lua_State *L) {
                                      {"get_token", do_get_token},
                                      {"list_tokens", do_list_tokens},
                                      {"config", client_config},
+                                     {"cancel", client_cancel},
                                      {"close", client_close},
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {
@@ -434,9 +564,24 @@ int vpp_client_open_lib(lua_State *L) {
   luaL_newlib(L, methods);
   lua_pushvalue(L, -1);
   lua_setfield(L, -3, "__index");
-  lua_remove(L, -2);
-  luaL_newlib(L, fns);
-  lua_insert(L, -2);
+  luaL_newmetatable(L, VPP_LOOP_CLIENT_MT);
+  luaL_setfuncs(L, meta, 0);
+  lua_newtable(L); /* the loop client's methods: the Lua driver's, then the others */
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, -4);
+  lua_setfield(L, -2, "__index");
+  lua_setmetatable(L, -2);
+  lua_pushvalue(L, -1);
+  lua_setfield(L, -3, "__index");
+  lua_remove(L, -2);    /* mt, methods, loop methods */
+  lua_remove(L, -3);
+  luaL_newlib(L, fns);  /* methods, loop methods, module */
+  lua_insert(L, -3);
+  lua_setfield(L, -3, "loop_client_methods");
   lua_setfield(L, -2, "client_methods"); /* lets the Lua layer add methods */
+  lua_newtable(L);
+  lua_pushvalue(L, -1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_key);
+  lua_setfield(L, -2, "_pending");
   return 1;
 }

@@ -29,7 +29,9 @@
   X(key_mismatch, "the private key does not match the certificate") \
   X(unsupported_key, "the certificate's key is not RSA (PS256 needs one)") \
   X(signing_failed, "libcrypto could not sign the client assertion") \
-  X(sync_timeout, "wait_for_sync: the token was still syncing when opts.timeout ran out")
+  X(sync_timeout, "wait_for_sync: the token was still syncing when opts.timeout ran out") \
+  X(cancelled, "client:cancel() ended the call before this item finished") \
+  X(deadline, "opts.deadline passed before this item finished")
 /* clang-format on */
 
 enum {

@@ -58,6 +58,22 @@ static inline void vpp_compat_copy(lua_State *L, int from, int to) {
   lua_replace(L, to);
 }
 #define lua_copy vpp_compat_copy
+#define lua_absindex vpp_compat_absindex
+
+static inline void vpp_compat_rawgetp(lua_State *L, int idx, const void *p) {
+  idx = vpp_compat_absindex(L, idx);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_rawget(L, idx);
+}
+#define lua_rawgetp vpp_compat_rawgetp
+
+static inline void vpp_compat_rawsetp(lua_State *L, int idx, const void *p) {
+  idx = vpp_compat_absindex(L, idx);
+  lua_pushlightuserdata(L, (void *)p);
+  lua_insert(L, -2);
+  lua_rawset(L, idx);
+}
+#define lua_rawsetp vpp_compat_rawsetp
 
 static inline const char *vpp_compat_tolstring(lua_State *L, int idx, size_t *len) {
   idx = vpp_compat_absindex(L, idx);

@@ -2,6 +2,7 @@
  * its type, default and bounds; one function reads the plain ones into a
  * vpp_settings, and one function refuses unknown keys, for every option
  * table of the module, C's and Lua's (core._check_keys). */
+#include <math.h>
 #include <stddef.h>
 #include <string.h>
 
@@ -30,6 +31,7 @@ static const option options[] = {
     {"ca_file", OPT_STRING, FIELD(ca_file), 0, 0, 0},
     {"user_agent", OPT_STRING, FIELD(user_agent), 0, 0, 0},
     {"on_request", OPT_FUNCTION, FIELD(traced), 0, 0, 0},
+    {"loop", OPT_FUNCTION, FIELD(looped), 0, 0, 0},
     {"base_url", OPT_OWNED, 0, 0, 0, 0},
     {"api_version", OPT_OWNED, 0, 0, 0, 0},
     {"rate_limit", OPT_OWNED, 0, 0, 0, 0},
@@ -229,6 +231,22 @@ void vpp_options_read(lua_State *L, int opts, int uv, vpp_settings *s) {
       break;
     }
   }
+}
+
+/* opts.deadline of the table at t (seconds from now): the monotonic time
+ * it passes, or HUGE_VAL when absent. */
+double vpp_deadline_option(lua_State *L, int t, const char *name) {
+  double v;
+  lua_getfield(L, t, "deadline");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    return HUGE_VAL;
+  }
+  v = lua_tonumber(L, -1);
+  if (lua_type(L, -1) != LUA_TNUMBER || !(v > 0) || v > 1e9)
+    luaL_error(L, "vpp: %s must be a positive number of seconds", name);
+  lua_pop(L, 1);
+  return vpp_now() + v;
 }
 
 void vpp_options_open(lua_State *L, int module) {

@@ -1,11 +1,22 @@
 /* The operating system's services, and the only file that calls them
- * directly: monotonic and wall clocks, sleeping, terminals.  POSIX.1-2008,
- * as on Linux, the BSDs and macOS; a port to another system changes this
- * file alone. */
+ * directly: monotonic and wall clocks, sleeping, terminals, the poller
+ * that gathers a client's sockets behind one descriptor, and signals (for
+ * the command only).  POSIX.1-2008, as on Linux, the BSDs and macOS, with
+ * epoll on Linux and kqueue elsewhere (the kqueue code is untested here);
+ * a port to another system changes this file alone. */
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <signal.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef __linux__
+#include <sys/epoll.h>
+#else
+#include <sys/types.h>
+#include <sys/event.h>
+#include <sys/time.h>
+#endif
 
 #include "vpp.h"
 
@@ -34,4 +45,125 @@ int vpp_isatty(int fd) { return isatty(fd) == 1; }
 void vpp_once(void (*fn)(void)) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
   pthread_once(&once, fn);
+}
+
+/* ---- the poller ---------------------------------------------------------
+ * One descriptor (epoll or kqueue) that is readable when any socket it
+ * watches is ready, or when the poller was signalled: a self-pipe whose
+ * read end it watches too, so that a coroutine waiting on the descriptor
+ * wakes when another one's step left it work (or a cancel). */
+
+static int nonblocking_pipe(int fds[2]) {
+  int i;
+  if (pipe(fds) != 0) return 0;
+  for (i = 0; i < 2; i++) {
+    int fl = fcntl(fds[i], F_GETFL);
+    if (fl < 0 || fcntl(fds[i], F_SETFL, fl | O_NONBLOCK) != 0 || fcntl(fds[i], F_SETFD, FD_CLOEXEC) != 0) {
+      close(fds[0]);
+      close(fds[1]);
+      return 0;
+    }
+  }
+  return 1;
+}
+
+int vpp_poller_open(vpp_poller *p) {
+  int fds[2];
+  p->fd = p->wake_r = p->wake_w = -1;
+  if (!nonblocking_pipe(fds)) return 0;
+  p->wake_r = fds[0];
+  p->wake_w = fds[1];
+#ifdef __linux__
+  p->fd = epoll_create1(EPOLL_CLOEXEC);
+#else
+  p->fd = kqueue();
+  if (p->fd >= 0) fcntl(p->fd, F_SETFD, FD_CLOEXEC);
+#endif
+  if (p->fd < 0 || !vpp_poller_watch(p, p->wake_r, VPP_POLL_IN, 0)) {
+    vpp_poller_close(p);
+    return 0;
+  }
+  return 1;
+}
+
+void vpp_poller_close(vpp_poller *p) {
+  if (p->fd >= 0) close(p->fd);
+  if (p->wake_r >= 0) close(p->wake_r);
+  if (p->wake_w >= 0) close(p->wake_w);
+  p->fd = p->wake_r = p->wake_w = -1;
+}
+
+/* Watches fd for what (VPP_POLL_IN | VPP_POLL_OUT; 0 forgets it); known
+ * says whether it is watched already.  1 on success. */
+int vpp_poller_watch(vpp_poller *p, int fd, int what, int known) {
+#ifdef __linux__
+  struct epoll_event ev;
+  ev.events = (what & VPP_POLL_IN ? EPOLLIN : 0) | (what & VPP_POLL_OUT ? EPOLLOUT : 0);
+  ev.data.fd = fd;
+  if (!what) return epoll_ctl(p->fd, EPOLL_CTL_DEL, fd, &ev) == 0 || errno == EBADF || errno == ENOENT;
+  return epoll_ctl(p->fd, known ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd, &ev) == 0;
+#else
+  struct kevent ev[2];
+  (void)known;
+  EV_SET(&ev[0], fd, EVFILT_READ, what & VPP_POLL_IN ? EV_ADD : EV_DELETE, 0, 0, NULL);
+  EV_SET(&ev[1], fd, EVFILT_WRITE, what & VPP_POLL_OUT ? EV_ADD : EV_DELETE, 0, 0, NULL);
+  kevent(p->fd, ev, 2, NULL, 0, NULL); /* deleting a filter never added fails, harmlessly */
+  return 1;
+#endif
+}
+
+/* Without blocking: up to max ready sockets (their what flags), after
+ * clearing the signal. */
+int vpp_poller_ready(vpp_poller *p, int *fds, int *what, int max) {
+  char sink[64];
+  int n, i, k = 0;
+  while (read(p->wake_r, sink, sizeof sink) > 0) {
+  }
+#ifdef __linux__
+  {
+    struct epoll_event ev[64];
+    n = epoll_wait(p->fd, ev, max < 64 ? max : 64, 0);
+    for (i = 0; i < n; i++) {
+      if (ev[i].data.fd == p->wake_r) continue;
+      fds[k] = ev[i].data.fd;
+      what[k++] = (ev[i].events & (EPOLLIN | EPOLLHUP | EPOLLERR) ? VPP_POLL_IN : 0) |
+                  (ev[i].events & (EPOLLOUT | EPOLLERR) ? VPP_POLL_OUT : 0);
+    }
+  }
+#else
+  {
+    struct kevent ev[64];
+    struct timespec zero = {0, 0};
+    n = kevent(p->fd, NULL, 0, ev, max < 64 ? max : 64, &zero);
+    for (i = 0; i < n; i++) {
+      if ((int)ev[i].ident == p->wake_r) continue;
+      fds[k] = (int)ev[i].ident;
+      what[k++] = ev[i].filter == EVFILT_READ ? VPP_POLL_IN : VPP_POLL_OUT;
+    }
+  }
+#endif
+  return k;
+}
+
+void vpp_poller_signal(vpp_poller *p) {
+  char one = 1;
+  if (p->wake_w >= 0 && write(p->wake_w, &one, 1) < 0) {
+    /* full: it is signalled already */
+  }
+}
+
+/* ---- signals, for the command -------------------------------------------
+ * SIGINT and SIGTERM call on(sig) from the handler: it may only do what a
+ * handler may (vpp.c sets a Lua hook, as lua.c does for SIGINT). */
+static void (*signal_fn)(int);
+
+static void on_signal(int sig) { signal_fn(sig); }
+
+int vpp_catch_signals(void (*on)(int)) {
+  struct sigaction sa;
+  signal_fn = on;
+  sa.sa_handler = on_signal;
+  sigemptyset(&sa.sa_mask);
+  sa.sa_flags = 0;
+  return sigaction(SIGINT, &sa, NULL) == 0 && sigaction(SIGTERM, &sa, NULL) == 0;
 }

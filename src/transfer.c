@@ -68,17 +68,13 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
  * `stall_timeout` (waiting for the answer included).  Doing this here
  * rather than through libcurl's timeout options saves libcurl two timers
  * per request, about 2% of a call. */
-static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
-  vpp_transfer *t = ud;
-  double now = vpp_now();
-  (void)dltotal;
-  (void)ultotal;
+static int judge(vpp_transfer *t, double now, curl_off_t moved) {
   if (now >= t->started_at + t->settings->timeout) {
     t->reply.watchdog = VPP_TIMED_OUT;
     return 1; /* CURLE_ABORTED_BY_CALLBACK, reported as a timeout */
   }
-  if (dlnow + ulnow != t->moved) {
-    t->moved = dlnow + ulnow;
+  if (moved != t->moved) {
+    t->moved = moved;
     t->active_at = now;
   } else if (now - t->active_at >= t->settings->stall_timeout) {
     t->reply.watchdog = VPP_STALLED;
@@ -94,6 +90,23 @@ static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_
     }
   }
   return 0;
+}
+
+static int on_progress(void *ud, curl_off_t dltotal, curl_off_t dlnow, curl_off_t ultotal, curl_off_t ulnow) {
+  (void)dltotal;
+  (void)ultotal;
+  return judge(ud, vpp_now(), dlnow + ulnow);
+}
+
+/* The watchdog asked from outside: driven by socket events, libcurl calls
+ * on_progress only for a transfer that has something to do, so a stalled
+ * one is judged here when its time comes.  1: end it now. */
+int vpp_transfer_overdue(vpp_transfer *t, double now) {
+  curl_off_t down = 0, up = 0;
+  if (now < vpp_transfer_wake(t)) return 0;
+  curl_easy_getinfo(t->easy, CURLINFO_SIZE_DOWNLOAD_T, &down);
+  curl_easy_getinfo(t->easy, CURLINFO_SIZE_UPLOAD_T, &up);
+  return judge(t, now, down + up);
 }
 
 /* The earliest time on_progress may end t, so that the loop can wake for

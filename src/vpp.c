@@ -1,4 +1,6 @@
 /* Entry point of the C module `vpp.core`; the public module is lua/vpp.lua. */
+#include <signal.h>
+
 #include "vpp.h"
 
 static CURLcode curl_init_rc = CURLE_FAILED_INIT;
@@ -24,6 +26,36 @@ static int core_time(lua_State *L) {
   return 1;
 }
 
+/* For the command only (the library installs no handler of its own): on
+ * SIGINT or SIGTERM, the function given is called with the signal's number
+ * from a Lua hook on the calling thread, set from the handler as lua.c
+ * sets its own for SIGINT. */
+static const char signal_key = 's';
+static lua_State *signal_L;
+static volatile sig_atomic_t caught;
+
+static void signal_hook(lua_State *L, lua_Debug *ar) {
+  (void)ar;
+  lua_sethook(L, NULL, 0, 0);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &signal_key);
+  lua_pushinteger(L, caught);
+  lua_call(L, 1, 0);
+}
+
+static void on_signal(int sig) {
+  caught = sig;
+  lua_sethook(signal_L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+static int core_catch_signals(lua_State *L) {
+  luaL_checktype(L, 1, LUA_TFUNCTION);
+  lua_pushvalue(L, 1);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &signal_key);
+  signal_L = L;
+  lua_pushboolean(L, vpp_catch_signals(on_signal));
+  return 1;
+}
+
 /* For the CLI: colour and progress only on a terminal. */
 static int core_isatty(lua_State *L) {
   lua_pushboolean(L, vpp_isatty((int)luaL_checkinteger(L, 1)));
@@ -32,11 +64,13 @@ static int core_isatty(lua_State *L) {
 
 int luaopen_vpp_core(lua_State *L) {
   static const luaL_Reg timing[] = {
-      {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {"_isatty", core_isatty}, {NULL, NULL}};
+      {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {"_isatty", core_isatty},
+      {"_catch_signals", core_catch_signals}, {NULL, NULL}};
   vpp_once(curl_init_once);
   if (curl_init_rc != CURLE_OK) return luaL_error(L, "vpp: curl_global_init failed");
   vpp_error_setup(L);
   vpp_decode_setup(L);
+  vpp_engine_setup(L);
   vpp_client_open_lib(L);
   lua_getfield(L, -1, "client_methods");
   vpp_batch_open(L, lua_gettop(L));
@@ -44,6 +78,7 @@ int luaopen_vpp_core(lua_State *L) {
   luaL_setfuncs(L, timing, 0);
   vpp_error_open(L, lua_gettop(L));
   vpp_options_open(L, lua_gettop(L));
+  vpp_run_open(L, lua_gettop(L));
   lua_getfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
   lua_setfield(L, -2, "null");
   vpp_auth_push_clouds(L);

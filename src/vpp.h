@@ -17,6 +17,7 @@
 
 #define VPP_VERSION   "0.1.0"
 #define VPP_CLIENT_MT "vpp.client"
+#define VPP_LOOP_CLIENT_MT "vpp.client.loop"
 #define VPP_ERROR_MT  "vpp.error"
 #define VPP_NULL_KEY  "vpp.null" /* registry: cjson.null */
 
@@ -29,6 +30,18 @@ double vpp_epoch(void); /* wall-clock seconds since 1970 */
 void vpp_sleep(double seconds);
 int vpp_isatty(int fd);
 void vpp_once(void (*fn)(void)); /* one fn per process: curl_global_init */
+int vpp_catch_signals(void (*on)(int)); /* SIGINT, SIGTERM: the command only */
+
+/* One descriptor over many sockets (epoll, kqueue), and a signal. */
+typedef struct vpp_poller {
+  int fd, wake_r, wake_w;
+} vpp_poller;
+enum { VPP_POLL_IN = 1, VPP_POLL_OUT = 2 };
+int vpp_poller_open(vpp_poller *p);
+void vpp_poller_close(vpp_poller *p);
+int vpp_poller_watch(vpp_poller *p, int fd, int what, int known);
+int vpp_poller_ready(vpp_poller *p, int *fds, int *what, int max);
+void vpp_poller_signal(vpp_poller *p);
 
 /* ==== base.c: buffers, wiping, randomness (OpenSSL's RAND_bytes) ==== */
 
@@ -141,6 +154,7 @@ typedef struct vpp_settings {
   const char *ca_file, *user_agent; /* anchored in the user value table */
   const char *user_agent_line;      /* "User-Agent: ...", likewise */
   int traced;                       /* has an on_request function */
+  int looped;                       /* has a loop function */
 } vpp_settings;
 
 void vpp_options_read(lua_State *L, int opts, int uv, vpp_settings *s);
@@ -149,6 +163,7 @@ void vpp_options_open(lua_State *L, int module);
 const char *vpp_anchor(lua_State *L, int uv, const char *name);
 const char *vpp_string_option(lua_State *L, int opts, int uv, const char *name, int printable);
 int vpp_option_present(lua_State *L, int opts, const char *name);
+double vpp_deadline_option(lua_State *L, int t, const char *name);
 enum { VPP_URL_HTTPS_DEFAULT = 1, VPP_URL_METADATA = 2 };
 const char *vpp_url_option(lua_State *L, int uv, const char *name, int flags);
 
@@ -177,6 +192,7 @@ typedef struct vpp_transfer {
   vpp_buf body;               /* the request body, wiped on release */
   const vpp_settings *settings;
   int job;                  /* the job it runs; VPP_IDLE, VPP_TOKEN_JOB */
+  struct vpp_batch *owner;  /* the run of that job */
   unsigned auth_generation; /* of the token it sent */
   double started_at;        /* when it was prepared (vpp_now) */
   double active_at;         /* when a byte last moved */
@@ -195,6 +211,7 @@ void vpp_transfer_free(vpp_transfer *t);
 int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq);
 void vpp_transfer_finish(vpp_transfer *t, CURLcode rc);
 double vpp_transfer_wake(const vpp_transfer *t);
+int vpp_transfer_overdue(vpp_transfer *t, double now);
 void vpp_transfer_release(vpp_transfer *t);
 int vpp_transfer_redirect(vpp_transfer *t);
 
@@ -225,6 +242,7 @@ typedef struct vpp_token_request {
 void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url);
 int vpp_auth_cached(const vpp_auth *a, double now);
 int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv);
+int vpp_auth_take_provided(lua_State *L, vpp_auth *a);
 int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e);
 void vpp_auth_request_free(vpp_token_request *rq);
 int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r);
@@ -236,28 +254,44 @@ void vpp_auth_push_clouds(lua_State *L);
 
 /* ==== engine.c: the only code that sends anything ==== */
 
+typedef struct vpp_batch vpp_batch;
+
 /* The client userdata.  Strings it points to (base_url, api_version, ...) are
- * Lua strings kept alive by the userdata's user value table. */
+ * Lua strings kept alive by the userdata's user value table, which also
+ * holds the runs under way (runs[run] = its state table), the queued traces
+ * and the loop function. */
 typedef struct vpp_client {
   CURLM *multi;        /* NULL once closed */
   vpp_transfer **pool; /* easy handles, reused across calls */
   int pool_size;
-  int busy;             /* an engine run is under way */
+  int busy;             /* a blocking run is under way */
+  int stepping;         /* inside a step: no call may start */
   const char *base_url; /* no trailing slash */
   const char *api_version;
   vpp_settings s;
   vpp_ratelimit rate;
   vpp_auth auth;
-  unsigned run; /* counts engine runs */
   vpp_origin origin;
   vpp_entropy entropy; /* for client-request-ids */
+  vpp_batch *runs;     /* the runs under way, newest first */
+  /* With a loop: libcurl's sockets on the poller, its timer. */
+  int evented;
+  vpp_poller poller;
+  double curl_timer_at;
+  double wake_at; /* the engine's next timer, as of the last step */
+  int stack_uv;   /* during a step: the stack slot of the user value table */
+  vpp_batch *driving; /* during a step: the run whose driver steps */
+  int nudge;          /* the step ended jobs of other runs */
   /* The token request (engine.c): its handle, state and retries. */
   vpp_transfer *fetcher;
   int fetching;         /* 0 idle, 1 on the multi handle, 2 waiting to retry */
   int fetch_attempts;   /* tries of the current token request */
   double fetch_at;      /* when a waiting token request may start */
-  unsigned failed_run;  /* the run whose token request failed for good */
+  int want_token;       /* a job waits for the access_token function */
+  int provided;         /* it just gave a token: the next job uses it */
+  vpp_batch *providing; /* the run whose driver calls it now */
   double hold_until[2]; /* [0] reads, [1] writes: Graph said wait */
+  unsigned cancels;     /* counts client:cancel() */
 } vpp_client;
 
 /* A run of the engine: n jobs, each a request to one URL. */
@@ -268,41 +302,52 @@ typedef struct vpp_job {
   int reauthenticated; /* retried once after a 401 with a new token */
 } vpp_job;
 
-typedef struct vpp_batch vpp_batch;
-
-/* Called once per job as it ends, from inside the protected engine run (so
- * it may raise): with its transfer, or with t == NULL and nil, err pushed
- * when the job failed before any transfer (no access token). */
-typedef void (*vpp_deliver_fn)(lua_State *L, vpp_batch *b, int job, vpp_transfer *t);
+/* Called once per job as it ends, inside a step (so it must not call user
+ * code; it may raise for memory): with its transfer, or with t == NULL and
+ * nil, err at err (the job failed before or without a transfer: no
+ * token, cancelled, deadline).  state is the run's state table. */
+typedef void (*vpp_deliver_fn)(lua_State *L, vpp_batch *b, int job, vpp_transfer *t, int state, int err);
 
 struct vpp_batch {
-  vpp_client *c;
+  vpp_client *c;   /* NULL once unlinked */
+  vpp_batch *next; /* in the client's list of runs */
   int n, post, concurrency;
-  vpp_job *jobs; /* n entries, memory owned by a userdata */
+  vpp_job *jobs; /* n entries, in the run's userdata */
   int *waiting;  /* jobs waiting for a retry timer */
-  int nwaiting, next, done, active;
+  int nwaiting, next_job, done, active;
+  int cancelled, auth_failed, aborted;
+  double deadline_at; /* HUGE_VAL: none */
   vpp_deliver_fn deliver;
-  vpp_transfer *last; /* the transfer of the last finished job */
 };
 
-/* Stack slots of the protected engine run, where deliver functions find
- * what their caller passed. */
-#define VPP_RUN_CLIENT 2
-#define VPP_RUN_URLS   3
-#define VPP_RUN_EXTRA  4
-
-void vpp_engine_run(lua_State *L, vpp_batch *b, int nextra);
-vpp_transfer *vpp_engine_one(lua_State *L, vpp_client *c, int post, int client_idx, const char *url);
+/* The run's state table (the run's user value, and runs[run] in the
+ * client's): [1], [2] what the call returns; urls; and per kind of run
+ * what its deliver function keeps. */
+vpp_batch *vpp_run_new(lua_State *L, int client_idx, int n, int post, int concurrency, vpp_deliver_fn deliver);
+void vpp_run_requeue(vpp_batch *b, int job);
+void vpp_run_block(lua_State *L, int client_idx, int state);
+void vpp_run_start(lua_State *L, int client_idx, int state);
+void vpp_run_abort(lua_State *L, int state);
+void vpp_engine_step(lua_State *L, int client_idx, vpp_batch *b);
+void vpp_engine_setup(lua_State *L);
+int vpp_engine_evented(vpp_client *c);
+int vpp_engine_provide(lua_State *L, int client_idx);
+double vpp_engine_wake(vpp_client *c);
+void vpp_engine_cancel(vpp_client *c);
 void vpp_engine_release(vpp_client *c);
 
-/* ==== client.c, batch.c: the Lua methods (registered by vpp.c) ==== */
+/* ==== client.c, batch.c, run.c: the Lua methods and the driver's
+ * functions (registered by vpp.c) ==== */
 
 /* The calls on one token, and the list; the URL of each. */
 typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN, VPP_LIST_TOKENS } vpp_action;
 
 int vpp_client_open_lib(lua_State *L);
+vpp_client *vpp_client_to(lua_State *L, int idx);
 vpp_client *vpp_client_check(lua_State *L, int idx);
+int vpp_client_run(lua_State *L, vpp_client *c, int client_idx);
 const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
 void vpp_batch_open(lua_State *L, int methods);
+void vpp_run_open(lua_State *L, int module);
 
 #endif

@@ -15,6 +15,9 @@ local M = {}
 M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE, M.EXIT_SOFTWARE = 0, 1, 64, 70
 
 local DEFAULT_WARN_DAYS, DEFAULT_CRIT_DAYS = 30, 7
+-- Under the 60 s most monitoring systems allow a check.
+local DEFAULT_CHECK_SECONDS = 55
+local SIGNAL_NAMES = { [2] = "SIGINT", [15] = "SIGTERM" }
 
 -- A user mistake found after parsing: reported like argparse's own.
 local UsageError = {}
@@ -57,7 +60,9 @@ or AZURE_CLIENT_CERTIFICATE_PATH (+ AZURE_CLIENT_CERTIFICATE_PASSWORD), and
 AZURE_AUTHORITY_HOST. GRAPH_URL is the default of --graph-url.
 
 Exit codes: 0 done, 1 a failure (some items failed, or Graph could not be
-reached), 64 a usage error; vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.]])
+reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
+143 terminated (SIGTERM); vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN
+(interrupted or timed out included).]])
   own_help(p, state)
   p:option("--graph-url", "Graph base URL (default: the cloud's, or $GRAPH_URL).")
     :argname("URL")
@@ -66,6 +71,9 @@ reached), 64 a usage error; vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.]]
     :choices { "global", "usgov", "dod", "china" }
   p:option("--timeout", "Seconds allowed for each request.")
     :convert(number_arg("--timeout", { min = 0, positive = true, max = 1e6, what = "a positive number of seconds" }))
+    :argname("SECONDS")
+  p:option("--deadline", "Seconds allowed for the whole run; then what finished is printed (exit 1).")
+    :convert(number_arg("--deadline", { min = 0, positive = true, max = 1e6, what = "a positive number of seconds" }))
     :argname("SECONDS")
   p:option("--max-retries", "Retries of a throttled or unreachable request (default 3).")
     :convert(number_arg("--max-retries", { integer = true, min = 0, max = 100, what = "an integer from 0 to 100" }))
@@ -124,6 +132,11 @@ reached), 64 a usage error; vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.]]
     :convert(number_arg("--warn-days", { min = 0, what = "a number of days" })):argname("DAYS")
   chk:option("--crit-days", "CRITICAL when a token expires within this many days.", tostring(DEFAULT_CRIT_DAYS))
     :convert(number_arg("--crit-days", { min = 0, what = "a number of days" })):argname("DAYS")
+  chk:option("-t", "Seconds allowed for the whole check, as monitoring plugins take it (UNKNOWN after).",
+    tostring(DEFAULT_CHECK_SECONDS))
+    :target("run_timeout")
+    :convert(number_arg("-t", { min = 0, positive = true, max = 1e6, what = "a positive number of seconds" }))
+    :argname("SECONDS")
   format_option(chk, { "text", "json", "prometheus" }, "text")
   return p, { list = list, get = get, sync = sync, ["sync-apps"] = apps, check = chk }
 end
@@ -137,8 +150,20 @@ function Run:say(...)
   if not self.args.quiet then io.stderr:write("vpp: ", ...) io.stderr:write("\n") end
 end
 
+--- Seconds left of the whole run's limit (--deadline; check's -t), or nil.
+function Run:left()
+  if not self.deadline_at then return nil end
+  return math.max(self.deadline_at - core._clock(), 1e-6)
+end
+
+--- Why the run stopped early: "interrupted by SIGINT" and the like, or nil.
+function Run:interruption()
+  if self.signal then return "interrupted by " .. (SIGNAL_NAMES[self.signal] or ("signal " .. self.signal)) end
+end
+
 local function fail(err)
-  io.stderr:write("vpp: ", format.message(err), "\n")
+  -- cancelled: the command's own doing on a signal; main says so
+  if err.kind ~= "cancelled" then io.stderr:write("vpp: ", format.message(err), "\n") end
   return M.EXIT_FAILURE
 end
 
@@ -216,7 +241,7 @@ function Run:print_tokens(list)
 end
 
 function Run:list(client)
-  local all, err = client:list_tokens()
+  local all, err = client:list_tokens { deadline = self:left() }
   if not all then return fail(err) end
   local a, criteria = self.args, {}
   if #a.state > 0 then criteria.state = a.state end
@@ -227,7 +252,8 @@ function Run:list(client)
 end
 
 function Run:get(client)
-  local token, err = client:get_token(self.args.id)
+  local got = client:get_many({ self.args.id }, { deadline = self:left() })[1]
+  local token, err = got.token, got.err
   if not token then return fail(err) end
   token = redact(token)
   local f = self.args.format
@@ -261,7 +287,15 @@ local function brief(err)
 end
 
 local result_colour = { completed = "green", started = "green", failed = "red", error = "red",
-  timeout = "red", skipped = "dim", ["would sync"] = "cyan" }
+  timeout = "red", skipped = "dim", ["would sync"] = "cyan", interrupted = "yellow" }
+
+-- The result of an item that ended with err: interrupted (the command
+-- cancelled its calls on a signal), timeout (a deadline), or error.
+local function failure(err)
+  if err.kind == "cancelled" then return "interrupted" end
+  if err.kind == "timeout" then return "timeout" end
+  return "error"
+end
 
 function Run:print_outcomes(rows)
   local f = self.args.format
@@ -299,7 +333,7 @@ end
 local function collect(rows, results, known)
   for _, r in ipairs(results) do
     if r.err then
-      rows[#rows + 1] = outcome(r.id, nil, "error", r.err, known[r.id])
+      rows[#rows + 1] = outcome(r.id, nil, failure(r.err), r.err, known[r.id])
     else
       local status = r.token.lastSyncStatus
       rows[#rows + 1] = outcome(r.id, r.token, status == "inProgress" and "started" or tostring(status))
@@ -320,7 +354,7 @@ function Run:sync(client)
     local step, done = self:progress("syncing")
     local report, err = client:sync_all {
       state = #a.state > 0 and a.state or "valid", include_in_progress = a.include_in_progress,
-      concurrency = a.concurrency, on_result = step, dry_run = a.dry_run,
+      concurrency = a.concurrency, on_result = step, dry_run = a.dry_run, deadline = self:left(),
     }
     done()
     if not report then return fail(err) end
@@ -336,17 +370,17 @@ function Run:sync(client)
     end
   elseif a.dry_run then
     -- Read each token, so the dry run proves the ids exist.
-    local results = client:get_many(a.id, { concurrency = a.concurrency })
+    local results = client:get_many(a.id, { concurrency = a.concurrency, deadline = self:left() })
     for _, r in ipairs(results) do
-      rows[#rows + 1] = r.err and outcome(r.id, nil, "error", r.err) or outcome(r.id, r.token, "would sync")
+      rows[#rows + 1] = r.err and outcome(r.id, nil, failure(r.err), r.err) or outcome(r.id, r.token, "would sync")
     end
   else
     local step, done = self:progress("syncing")
-    local results = client:sync_many(a.id, { concurrency = a.concurrency, on_result = step })
+    local results = client:sync_many(a.id, { concurrency = a.concurrency, on_result = step, deadline = self:left() })
     done()
     collect(rows, results, known)
   end
-  if a.wait and not a.dry_run then self:wait(client, rows) end
+  if a.wait and not a.dry_run and not self.signal then self:wait(client, rows) end
   for _, r in ipairs(skipped) do rows[#rows + 1] = r end
   return self:report(rows)
 end
@@ -356,7 +390,7 @@ end
 function Run:wait(client, rows)
   local started, at = {}, {}
   for i, r in ipairs(rows) do
-    if r.result ~= "error" then
+    if r.result == "started" or r.result == "completed" or r.result == "failed" then
       started[#started + 1] = r.id
       at[#started] = i
     end
@@ -364,12 +398,12 @@ function Run:wait(client, rows)
   if #started == 0 then return end
   local step, done = self:progress("waiting")
   local waited = client:wait_for_sync(started, { timeout = self.args.wait_timeout, interval = self.args.wait_interval,
-    concurrency = self.args.concurrency, on_result = step })
+    concurrency = self.args.concurrency, on_result = step, deadline = self:left() })
   done()
   for k, w in ipairs(waited) do
     local old = rows[at[k]]
     if w.err then
-      rows[at[k]] = outcome(w.id, w.token, w.err.kind == "timeout" and "timeout" or "error", w.err, old)
+      rows[at[k]] = outcome(w.id, w.token, failure(w.err), w.err, old)
     else
       rows[at[k]] = outcome(w.id, w.token, tostring(w.token.lastSyncStatus))
     end
@@ -383,12 +417,17 @@ function Run:report(rows)
     n[r.result] = (n[r.result] or 0) + 1
     if r.result == "error" or r.result == "failed" or r.result == "timeout" then bad = bad + 1 end
   end
-  for _, k in ipairs { "would sync", "started", "completed", "failed", "timeout", "error", "skipped" } do
+  for _, k in ipairs { "would sync", "started", "completed", "failed", "timeout", "error", "interrupted", "skipped" } do
     if n[k] then parts[#parts + 1] = ("%d %s"):format(n[k], k == "skipped" and "skipped (already syncing)" or k) end
   end
   local line = ("%d token%s: %s"):format(#rows, #rows == 1 and "" or "s",
     #parts > 0 and table.concat(parts, ", ") or "nothing to sync")
   if self.listed then line = line .. (" (%d listed)"):format(self.listed) end
+  if self:interruption() then
+    io.stderr:write("vpp: ", self:interruption(), ": ", line, "\n")
+    self.summarised = true
+    return M.EXIT_FAILURE -- main turns it into 128 + the signal
+  end
   if bad > 0 then
     io.stderr:write("vpp: ", line, "\n") -- even with --quiet: the exit code says something failed
     return M.EXIT_FAILURE
@@ -401,7 +440,7 @@ function Run:sync_apps(client)
   local a = self.args
   local step, done = self:progress("syncing")
   local results = client:sync_many(a.id, { action = "sync_apps", organization_id = a.organization,
-    concurrency = a.concurrency, on_result = step })
+    concurrency = a.concurrency, on_result = step, deadline = self:left() })
   done()
   local rows = {}
   collect(rows, results, {})
@@ -417,8 +456,14 @@ end
 
 function Run:check(client)
   local a = self.args
-  local all, err = client:list_tokens()
-  if not all then return self:check_unknown(err) end
+  local all, err = client:list_tokens { deadline = self:left() }
+  if not all then
+    if err.kind == "cancelled" then return self:check_unknown { summary = "interrupted" } end
+    if err.code == "deadline" then
+      return self:check_unknown { summary = ("timed out after %g s"):format(self.limit) }
+    end
+    return self:check_unknown(err)
+  end
   local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
   local report = check.evaluate(all, opts)
   io.stdout:write(check.outputs[a.format].report(report, opts))
@@ -473,8 +518,21 @@ local function run(args)
     io.stderr:write("vpp: ", message, "\n")
     return M.EXIT_FAILURE
   end
+  self.limit = parsed.deadline
+  if name == "check" then self.limit = math.min(parsed.deadline or math.huge, parsed.run_timeout) end
+  if self.limit then self.deadline_at = core._clock() + self.limit end
+  -- SIGINT, SIGTERM: the calls under way end at once (cancel), what
+  -- finished is reported, and main exits 128 + the signal.
+  core._catch_signals(function(sig)
+    self.signal = self.signal or sig
+    client:cancel()
+  end)
   local done, code = pcall(commands[name], self, client)
   client:close()
+  if done and self.signal and name ~= "check" then
+    if not self.summarised then io.stderr:write("vpp: ", self:interruption(), "\n") end
+    return 128 + self.signal
+  end
   if not done then
     if getmetatable(code) == UsageError then
       io.stderr:write(usage, "\n\nvpp: ", code.message, "\n")

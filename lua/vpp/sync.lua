@@ -2,6 +2,7 @@
 -- wait for syncs to finish.  Pure Lua; the concurrency is the core's.
 local core = require "vpp.core"
 local tokens = require "vpp.tokens"
+local evented = require "vpp.evented"
 
 local methods = core.client_methods
 
@@ -24,7 +25,36 @@ end
 
 local finished = { completed = true, failed = true }
 
-local wait_options = { interval = true, timeout = true, concurrency = true, on_result = true }
+local wait_options = { interval = true, timeout = true, concurrency = true, on_result = true, deadline = true }
+
+-- Waits `seconds` unless the client is cancelled (false then): under the
+-- client's loop, else in slices, so that Lua hooks (the interpreter's
+-- SIGINT one, the command's signal handling) run at least 4 times a second.
+local function nap(client, seconds, cancels)
+  if core._cancels(client) ~= cancels then return false end
+  if core._looped(client) then return evented.sleep(client, seconds) and core._cancels(client) == cancels end
+  local wake = core._clock() + seconds
+  while true do
+    local left = wake - core._clock()
+    if left <= 0 then return true end
+    core._sleep(math.min(left, 0.25))
+    if core._cancels(client) ~= cancels then return false end
+  end
+end
+
+-- What is left of a deadline, for the next call (never 0: the call ends
+-- its items with the deadline error at once).
+local function left_of(deadline_at)
+  if not deadline_at then return nil end
+  return math.max(deadline_at - core._clock(), 1e-6)
+end
+
+local function stopped(kind, id)
+  if kind == "cancelled" then
+    return core._error("cancelled", "cancelled", "client:cancel() ended the call", { id = id })
+  end
+  return core._error("timeout", "deadline", "opts.deadline passed before this item finished", { id = id })
+end
 
 --- Polls get_token until lastSyncStatus is "completed" or "failed".  For one
 -- id: the final token, or nil, err (err.kind "timeout" when opts.timeout ran
@@ -45,6 +75,8 @@ function methods:wait_for_sync(id_or_ids, opts)
   local interval = positive(opts.interval, "interval", 5)
   local timeout = positive(opts.timeout, "timeout", 300)
   local deadline = core._clock() + timeout
+  local deadline_at = opts.deadline and core._clock() + positive(opts.deadline, "deadline")
+  local cancels = core._cancels(self)
   local results = { ok = 0, failed = 0 }
   local pending, polls, done = {}, {}, 0
   for i = 1, #ids do pending[i] = i end
@@ -55,7 +87,7 @@ function methods:wait_for_sync(id_or_ids, opts)
   while #pending > 0 do
     local batch = {}
     for i, k in ipairs(pending) do batch[i] = ids[k] end
-    local polled = self:get_many(batch, { concurrency = opts.concurrency })
+    local polled = self:get_many(batch, { concurrency = opts.concurrency, deadline = left_of(deadline_at) })
     local still = {}
     for i, r in ipairs(polled) do
       local k = pending[i]
@@ -70,6 +102,15 @@ function methods:wait_for_sync(id_or_ids, opts)
     end
     pending = still
     local left = deadline - core._clock()
+    local why = #pending > 0 and (core._cancels(self) ~= cancels and "cancelled"
+      or deadline_at and core._clock() >= deadline_at and "deadline")
+    if why then
+      for _, k in ipairs(pending) do
+        results[k].err = stopped(why, ids[k])
+        finish(k)
+      end
+      break
+    end
     if #pending > 0 and left <= 0 then
       for _, k in ipairs(pending) do
         results[k].err = core._error("timeout", "sync_timeout",
@@ -78,7 +119,11 @@ function methods:wait_for_sync(id_or_ids, opts)
       end
       break
     end
-    if #pending > 0 then core._sleep(math.min(interval, left)) end
+    if #pending > 0 then
+      local sleep = math.min(interval, left)
+      if deadline_at then sleep = math.min(sleep, math.max(deadline_at - core._clock(), 0)) end
+      nap(self, sleep, cancels)
+    end
   end
   for _, r in ipairs(results) do
     if r.err then results.failed = results.failed + 1 else results.ok = results.ok + 1 end
@@ -94,7 +139,7 @@ end
 local filter_keys = { state = true, last_sync_status = true, account_type = true,
   expires_within = true, expired = true, where = true, now = true }
 local sync_all_options = { include_in_progress = true, concurrency = true, on_result = true,
-  wait = true, wait_interval = true, wait_timeout = true, dry_run = true }
+  wait = true, wait_interval = true, wait_timeout = true, dry_run = true, deadline = true }
 for k in pairs(filter_keys) do sync_all_options[k] = true end
 
 --- Lists every token, keeps those matching the filter criteria (state
@@ -106,7 +151,9 @@ for k in pairs(filter_keys) do sync_all_options[k] = true end
 -- synced and results is an empty list.
 function methods:sync_all(opts)
   opts = check_keys(opts, sync_all_options, "sync_all")
-  local all, err = self:list_tokens()
+  local deadline_at = opts.deadline and core._clock() + positive(opts.deadline, "deadline")
+  local cancels = core._cancels(self)
+  local all, err = self:list_tokens { deadline = left_of(deadline_at) }
   if not all then return nil, err end
   local criteria = {}
   for k in pairs(filter_keys) do criteria[k] = opts[k] end
@@ -126,14 +173,16 @@ function methods:sync_all(opts)
   end
   local report = { listed = #all, selected = #ids, tokens = selected, skipped = skipped, results = { ok = 0, failed = 0 } }
   if opts.dry_run then return report end
-  report.results = self:sync_many(ids, { concurrency = opts.concurrency, on_result = opts.on_result })
-  if opts.wait then
+  report.results = self:sync_many(ids, { concurrency = opts.concurrency, on_result = opts.on_result,
+    deadline = left_of(deadline_at) })
+  if opts.wait and core._cancels(self) == cancels then
     local started = {}
     for _, r in ipairs(report.results) do
       if r.token then started[#started + 1] = r.id end
     end
     report.waited = self:wait_for_sync(started, {
       interval = opts.wait_interval, timeout = opts.wait_timeout, concurrency = opts.concurrency,
+      deadline = left_of(deadline_at),
     })
   end
   return report

@@ -126,7 +126,10 @@ function M.text(report)
   return table.concat(lines, "\n") .. "\n"
 end
 
+-- err: what kept Graph from answering, or { summary = ... } for a run that
+-- did not end (interrupted, timed out).
 local function unknown_summary(err)
+  if type(err) == "table" and err.summary then return err.summary end
   return "cannot ask Graph: " .. format.message(err)
 end
 
