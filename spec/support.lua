@@ -156,7 +156,8 @@ function M.install_cli()
   --- Runs `vpp args...` in a clean environment (only env's variables, no
   -- LUA_PATH: the installed command must find its own modules).  With
   -- opts.pty, under a pseudo-terminal (util-linux script), where stdout
-  -- and stderr arrive together in out.  Returns { code, out, err }.
+  -- and stderr arrive together in out.  With opts.signal ("INT", "TERM"),
+  -- that signal is sent after opts.after seconds.  Returns { code, out, err }.
   function cli.run(args, env, opts)
     local words = {}
     for i, a in ipairs(args) do words[i] = quote(a) end
@@ -170,6 +171,9 @@ function M.install_cli()
         table.concat(vars, " "), quote(command), out, err)
     else
       line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
+    end
+    if opts and opts.signal then
+      line = ("%s & pid=$!; sleep %g; kill -%s $pid; wait $pid"):format(line, opts.after or 1, opts.signal)
     end
     local _, code = sys.execute(line)
     local r = { code = code, out = slurp(out), err = slurp(err) }

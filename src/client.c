@@ -146,6 +146,7 @@ static int client_new(lua_State *L) {
   lua_pushfstring(L, "User-Agent: %s", s.s.user_agent);
   s.s.user_agent_line = vpp_anchor(L, uv, "user_agent_line");
 
+  s.curl_timer_at = s.wake_at = HUGE_VAL; /* libcurl's timer is only kept under a loop */
   c = lua_newuserdatauv(L, sizeof *c, 1);
   *c = s;
   luaL_setmetatable(L, s.s.looped ? VPP_LOOP_CLIENT_MT : VPP_CLIENT_MT);

@@ -28,8 +28,9 @@
  * (5.2's own truncates 2.5 to 2 and calls it an integer). */
 static inline lua_Integer vpp_compat_tointegerx(lua_State *L, int idx, int *isint) {
   lua_Number n = lua_tonumber(L, idx);
-  *isint = lua_isnumber(L, idx) && n == floor(n) && n >= -9223372036854775808.0 && n < 9223372036854775808.0;
-  return *isint ? (lua_Integer)n : 0;
+  int is = lua_isnumber(L, idx) && n == floor(n) && n >= -9223372036854775808.0 && n < 9223372036854775808.0;
+  if (isint) *isint = is; /* 5.2's lua_tointeger passes NULL */
+  return is ? (lua_Integer)n : 0;
 }
 #define lua_tointegerx vpp_compat_tointegerx
 #endif

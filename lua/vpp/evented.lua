@@ -38,14 +38,17 @@ local function new_op(client, wake_at)
 end
 M.new_op = new_op
 
--- Lua 5.1 only: the runs of each client by their driver's coroutine.
+-- Lua 5.1 only: the driver of each run under way, by client.  A run whose
+-- driver is dead, or is the coroutine now starting a call, was left by an
+-- error (its call cannot still be waiting): it is aborted then.
 local drivers = setmetatable({}, { __mode = "k" })
+local MAIN = {} -- 5.1's main thread has no coroutine object
 
-local function reap(client)
+local function reap(client, current)
   local runs = drivers[client]
   if not runs then return end
   for state, co in pairs(runs) do
-    if coroutine.status(co) == "dead" then
+    if co == current or (co ~= MAIN and coroutine.status(co) == "dead") then
       runs[state] = nil
       core._abort(state)
     end
@@ -85,14 +88,12 @@ end
 local function drive(client, state)
   local loop = core._looped(client)
   if not pcall_yields then
-    reap(client)
-    local co = coroutine.running()
-    if co then
-      drivers[client] = drivers[client] or {}
-      drivers[client][state] = co
-    end
+    local co = coroutine.running() or MAIN
+    reap(client, co)
+    drivers[client] = drivers[client] or {}
+    drivers[client][state] = co
     local a, b = body(client, state, loop)
-    if co then drivers[client][state] = nil end
+    drivers[client][state] = nil
     return a, b
   end
   local r = { pcall(body, client, state, loop) }
