@@ -467,23 +467,25 @@ static void page_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
   lua_getfield(L, state, "pages");
   pages = lua_tointeger(L, -1) + 1;
   if (pages >= c->s.max_pages) {
-    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(too_many_pages),
-                                         "list_tokens stopped after max_pages pages: Graph keeps sending @odata.nextLink",
-                                         &t->reply));
+    keep_result(L, state,
+                vpp_error_push(L, "decode", t->reply.status, VPP_CODE(too_many_pages),
+                               "list_tokens stopped after max_pages pages: Graph keeps sending @odata.nextLink",
+                               &t->reply));
     return;
   }
   if (!vpp_url_same_origin(&c->origin, url)) {
-    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
-                                         "@odata.nextLink points to another scheme, host or port than base_url",
-                                         &t->reply));
+    keep_result(L, state,
+                vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
+                               "@odata.nextLink points to another scheme, host or port than base_url", &t->reply));
     return;
   }
   lua_getfield(L, state, "seen");
   lua_pushvalue(L, -3); /* the link: on the stack under the page's table */
   lua_rawget(L, -2);
   if (lua_toboolean(L, -1)) {
-    keep_result(L, state, vpp_error_push(L, "decode", t->reply.status, VPP_CODE(next_link_loop),
-                                         "@odata.nextLink points to a page already fetched", &t->reply));
+    keep_result(L, state,
+                vpp_error_push(L, "decode", t->reply.status, VPP_CODE(next_link_loop),
+                               "@odata.nextLink points to a page already fetched", &t->reply));
     return;
   }
   lua_pushinteger(L, pages);
@@ -560,29 +562,37 @@ int vpp_client_open_lib(lua_State *L) {
       {"__gc", client_gc}, {"__close", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
   static const luaL_Reg fns[] = {
       {"new", client_new}, {"sync_licenses", mod_sync_licenses}, {"sync_apps", mod_sync_apps}, {NULL, NULL}};
-  luaL_newmetatable(L, VPP_CLIENT_MT);
-  luaL_setfuncs(L, meta, 0);
-  luaL_newlib(L, methods);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "__index");
-  luaL_newmetatable(L, VPP_LOOP_CLIENT_MT);
-  luaL_setfuncs(L, meta, 0);
-  lua_newtable(L); /* the loop client's methods: the Lua driver's, then the others */
-  lua_createtable(L, 0, 1);
-  lua_pushvalue(L, -4);
-  lua_setfield(L, -2, "__index");
-  lua_setmetatable(L, -2);
-  lua_pushvalue(L, -1);
-  lua_setfield(L, -3, "__index");
-  lua_remove(L, -2);    /* mt, methods, loop methods */
-  lua_remove(L, -3);
-  luaL_newlib(L, fns);  /* methods, loop methods, module */
+  /* Loaded again (package.loaded cleared), the module keeps the tables it
+   * made the first time: the Lua layer's methods are in them. */
+  if (luaL_newmetatable(L, VPP_CLIENT_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    luaL_newlib(L, methods);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index");
+  lua_remove(L, -2); /* methods */
+  if (luaL_newmetatable(L, VPP_LOOP_CLIENT_MT)) {
+    luaL_setfuncs(L, meta, 0);
+    lua_newtable(L); /* the loop client's methods: the Lua driver's, then the others */
+    lua_createtable(L, 0, 1);
+    lua_pushvalue(L, -4);
+    lua_setfield(L, -2, "__index");
+    lua_setmetatable(L, -2);
+    lua_setfield(L, -2, "__index");
+  }
+  lua_getfield(L, -1, "__index");
+  lua_remove(L, -2);   /* methods, loop methods */
+  luaL_newlib(L, fns); /* methods, loop methods, module */
   lua_insert(L, -3);
   lua_setfield(L, -3, "loop_client_methods");
   lua_setfield(L, -2, "client_methods"); /* lets the Lua layer add methods */
-  lua_newtable(L);
-  lua_pushvalue(L, -1);
-  lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_key);
+  lua_rawgetp(L, LUA_REGISTRYINDEX, &pending_key);
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_newtable(L);
+    lua_pushvalue(L, -1);
+    lua_rawsetp(L, LUA_REGISTRYINDEX, &pending_key);
+  }
   lua_setfield(L, -2, "_pending");
   return 1;
 }

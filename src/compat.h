@@ -58,7 +58,7 @@ static inline void vpp_compat_copy(lua_State *L, int from, int to) {
   lua_pushvalue(L, from);
   lua_replace(L, to);
 }
-#define lua_copy vpp_compat_copy
+#define lua_copy     vpp_compat_copy
 #define lua_absindex vpp_compat_absindex
 
 static inline void vpp_compat_rawgetp(lua_State *L, int idx, const void *p) {

@@ -108,9 +108,10 @@ void vpp_engine_release(vpp_client *c) {
 
 static int on_socket(CURL *e, curl_socket_t s, int what, void *ud, void *known) {
   vpp_client *c = ud;
-  int w = what == CURL_POLL_IN ? VPP_POLL_IN : what == CURL_POLL_OUT ? VPP_POLL_OUT
-                                           : what == CURL_POLL_INOUT ? VPP_POLL_IN | VPP_POLL_OUT
-                                                                     : 0;
+  int w = what == CURL_POLL_IN      ? VPP_POLL_IN
+          : what == CURL_POLL_OUT   ? VPP_POLL_OUT
+          : what == CURL_POLL_INOUT ? VPP_POLL_IN | VPP_POLL_OUT
+                                    : 0;
   (void)e;
   vpp_poller_watch(&c->poller, (int)s, w, known != NULL);
   curl_multi_assign(c->multi, s, w ? c : NULL);
@@ -531,8 +532,7 @@ static int overdue(lua_State *L, vpp_client *c, double now) {
   int i, moved = 0;
   for (i = 0; i <= c->pool_size; i++) {
     vpp_transfer *t = i < c->pool_size ? c->pool[i] : c->fetcher;
-    if (t && t->job != VPP_IDLE && vpp_transfer_overdue(t, now))
-      moved += route(L, c, t, CURLE_ABORTED_BY_CALLBACK);
+    if (t && t->job != VPP_IDLE && vpp_transfer_overdue(t, now)) moved += route(L, c, t, CURLE_ABORTED_BY_CALLBACK);
   }
   return moved;
 }
@@ -653,10 +653,9 @@ static void step(lua_State *L, vpp_client *c) {
       int fds[64], what[64], n, i;
       n = vpp_poller_ready(&c->poller, fds, what, 64);
       for (i = 0; i < n; i++)
-        curl_multi_socket_action(c->multi, fds[i],
-                                 (what[i] & VPP_POLL_IN ? CURL_CSELECT_IN : 0) |
-                                     (what[i] & VPP_POLL_OUT ? CURL_CSELECT_OUT : 0),
-                                 &running);
+        curl_multi_socket_action(
+            c->multi, fds[i],
+            (what[i] & VPP_POLL_IN ? CURL_CSELECT_IN : 0) | (what[i] & VPP_POLL_OUT ? CURL_CSELECT_OUT : 0), &running);
       if (vpp_now() >= c->curl_timer_at) {
         c->curl_timer_at = HUGE_VAL;
         curl_multi_socket_action(c->multi, CURL_SOCKET_TIMEOUT, 0, &running);

@@ -144,10 +144,18 @@ static int run_looped(lua_State *L) {
 }
 
 void vpp_run_open(lua_State *L, int module) {
-  static const luaL_Reg fns[] = {{"_step", run_step},       {"_pollfd", run_pollfd},   {"_wake", run_wake},
-                                 {"_traces", run_traces},   {"_events", run_events},   {"_claim", run_claim},
-                                 {"_provide", run_provide}, {"_done", run_done},       {"_finish", run_finish},
-                                 {"_abort", run_abort},     {"_cancels", run_cancels}, {"_looped", run_looped},
+  static const luaL_Reg fns[] = {{"_step", run_step},
+                                 {"_pollfd", run_pollfd},
+                                 {"_wake", run_wake},
+                                 {"_traces", run_traces},
+                                 {"_events", run_events},
+                                 {"_claim", run_claim},
+                                 {"_provide", run_provide},
+                                 {"_done", run_done},
+                                 {"_finish", run_finish},
+                                 {"_abort", run_abort},
+                                 {"_cancels", run_cancels},
+                                 {"_looped", run_looped},
                                  {NULL, NULL}};
   lua_pushvalue(L, module);
   luaL_setfuncs(L, fns, 0);

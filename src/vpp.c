@@ -63,9 +63,12 @@ static int core_isatty(lua_State *L) {
 }
 
 int luaopen_vpp_core(lua_State *L) {
-  static const luaL_Reg timing[] = {
-      {"_sleep", core_sleep}, {"_clock", core_clock}, {"_time", core_time}, {"_isatty", core_isatty},
-      {"_catch_signals", core_catch_signals}, {NULL, NULL}};
+  static const luaL_Reg timing[] = {{"_sleep", core_sleep},
+                                    {"_clock", core_clock},
+                                    {"_time", core_time},
+                                    {"_isatty", core_isatty},
+                                    {"_catch_signals", core_catch_signals},
+                                    {NULL, NULL}};
   vpp_once(curl_init_once);
   if (curl_init_rc != CURLE_OK) return luaL_error(L, "vpp: curl_global_init failed");
   vpp_error_setup(L);

@@ -15,11 +15,11 @@
 #include "compat.h"
 #include "codes.h"
 
-#define VPP_VERSION   "0.1.0"
-#define VPP_CLIENT_MT "vpp.client"
+#define VPP_VERSION        "0.1.0"
+#define VPP_CLIENT_MT      "vpp.client"
 #define VPP_LOOP_CLIENT_MT "vpp.client.loop"
-#define VPP_ERROR_MT  "vpp.error"
-#define VPP_NULL_KEY  "vpp.null" /* registry: cjson.null */
+#define VPP_ERROR_MT       "vpp.error"
+#define VPP_NULL_KEY       "vpp.null" /* registry: cjson.null */
 
 /* ==== platform.c: the only file with OS services (POSIX clocks, sleep,
  * terminals, threads); a port to another system starts and ends there.
@@ -29,7 +29,7 @@ double vpp_now(void);   /* monotonic seconds */
 double vpp_epoch(void); /* wall-clock seconds since 1970 */
 void vpp_sleep(double seconds);
 int vpp_isatty(int fd);
-void vpp_once(void (*fn)(void)); /* one fn per process: curl_global_init */
+void vpp_once(void (*fn)(void));        /* one fn per process: curl_global_init */
 int vpp_catch_signals(void (*on)(int)); /* SIGINT, SIGTERM: the command only */
 
 /* One descriptor over many sockets (epoll, kqueue), and a signal. */
@@ -278,8 +278,8 @@ typedef struct vpp_client {
   int evented;
   vpp_poller poller;
   double curl_timer_at;
-  double wake_at; /* the engine's next timer, as of the last step */
-  int stack_uv;   /* during a step: the stack slot of the user value table */
+  double wake_at;     /* the engine's next timer, as of the last step */
+  int stack_uv;       /* during a step: the stack slot of the user value table */
   vpp_batch *driving; /* during a step: the run whose driver steps */
   int nudge;          /* the step ended jobs of other runs */
   /* The token request (engine.c): its handle, state and retries. */

@@ -13,7 +13,6 @@ local clock = core._clock
 -- 5.1's pcall cannot span a yield; there, a run whose driver died by an
 -- error is found by its dead coroutine (see reap).
 local pcall_yields = _VERSION ~= "Lua 5.1" or type(jit) == "table"
-local unpack = table.unpack or unpack
 
 --- The pollable: readable descriptor, or the next timer.
 local Op = {}
@@ -21,7 +20,7 @@ Op.__index = Op
 
 function Op:pollfd() return core._pollfd(self.client) end
 
-function Op:events() return "r" end
+function Op.events() return "r" end
 
 function Op:timeout()
   local t = core._wake(self.client)
@@ -129,5 +128,4 @@ for _, name in ipairs { "sync_licenses", "sync_apps", "get_token", "list_tokens"
   end
 end
 
-M.unpack = unpack
 return M

@@ -29,6 +29,33 @@ return function()
   assert(none == nil and vpp.is_error(err) and err.status == 404, "get: " .. tostring(err))
   c:close()
 
+  -- The engine under a loop (threads only: a memory error that crosses the
+  -- Lua driver's pcall comes out as a plain error): two coroutines' calls
+  -- on one client, with a loop that hands control back round-robin.
+  if os.getenv("VPP_SCENARIO_LOOP") then
+    local lc = vpp.new { access_token = "embed-host-token", base_url = url, timeout = 20, max_retries = 0,
+      loop = function() coroutine.yield() end }
+    local calls = {
+      coroutine.create(function() return lc:sync_many({ list[4].id, list[5].id }, { concurrency = 2 }) end),
+      coroutine.create(function() return lc:get_token(list[1].id) end),
+    }
+    local out, left = {}, #calls
+    while left > 0 do
+      for i, co in ipairs(calls) do
+        if coroutine.status(co) == "suspended" then
+          local ok, r = coroutine.resume(co)
+          if not ok then error(r, 0) end
+          if coroutine.status(co) == "dead" then
+            out[i], left = r, left - 1
+          end
+        end
+      end
+    end
+    lc:close()
+    assert(out[1].ok == 2, "loop batch: " .. tostring(out[1][1].err))
+    assert(out[2].id == list[1].id, "loop get")
+  end
+
   local down = vpp.new { access_token = "embed-host-token", base_url = "http://127.0.0.1:9", max_retries = 0 }
   local nothing, derr = down:get_token("x")
   assert(nothing == nil and derr.code == "COULDNT_CONNECT", "down: " .. tostring(derr))
