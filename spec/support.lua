@@ -17,7 +17,7 @@ M.TOKEN = "eyJ0eXAi.SECRET-bearer-token-d41d8cd9"
 --- How much slower than plain the module runs here: under valgrind
 -- (make valgrind) or ASan (make asan), timing bounds of specs are widened
 -- by it; the plain suite (make test) keeps the bounds as written.
-M.SLOWDOWN = os.getenv("VPP_VALGRIND") and 10 or os.getenv("VPP_BUILD") and 3 or 1
+M.SLOWDOWN = os.getenv("VPP_VALGRIND") and 5 or os.getenv("VPP_BUILD") and 3 or 1
 
 function M.start(opts)
   return launcher.start(opts)

@@ -50,6 +50,7 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
     lua_getfield(L, state, "events");
     lua_rawgeti(L, results, j + 1);
     lua_rawseti(L, -2, (int)lua_rawlen(L, -2) + 1);
+    b->queued++;
   }
 }
 
@@ -150,7 +151,7 @@ static int run_many(lua_State *L, vpp_action action) {
   }
   lua_newtable(L);
   lua_setfield(L, state, "events");
-  return vpp_client_run(L, c, 1);
+  return vpp_client_run(L, c, 1, b);
 }
 
 static int sync_many(lua_State *L) { return run_many(L, VPP_SYNC_LICENSES); }

@@ -292,7 +292,7 @@ static const char pending_key = 'p';
 
 /* Runs the run of the state on top, blocking or under the loop, and
  * returns what the call returns. */
-int vpp_client_run(lua_State *L, vpp_client *c, int client_idx) {
+int vpp_client_run(lua_State *L, vpp_client *c, int client_idx, vpp_batch *b) {
   int state = lua_gettop(L);
   if (c->evented) {
     vpp_run_start(L, client_idx, state);
@@ -300,7 +300,7 @@ int vpp_client_run(lua_State *L, vpp_client *c, int client_idx) {
     lua_pushvalue(L, state);
     return 2;
   }
-  vpp_run_block(L, client_idx, state);
+  vpp_run_block(L, client_idx, state, b);
   lua_rawgeti(L, state, 1);
   lua_rawgeti(L, state, 2);
   return 2;
@@ -330,25 +330,48 @@ static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int 
     keep_result(L, state, vpp_reply_error(L, &t->reply));
     return;
   }
-  lua_getfield(L, state, "id");
+  lua_rawgeti(L, state, 3); /* the id */
   id = lua_tolstring(L, -1, &idlen);
   keep_result(L, state, vpp_decode_entity(L, &t->reply, id, idlen));
 }
 
-/* Performs one call on a token: the token or nil, err. */
+/* Performs one call on a token: the token or nil, err.  Blocking, the
+ * client's one single-call run serves every call (calls are one at a
+ * time), with the URL in C memory: nothing to allocate but the answer. */
 static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
   char buf[512];
   const char *url = action_url(L, c, action, org_idx, id_idx, buf, sizeof buf);
-  lua_pushstring(L, url);
-  lua_createtable(L, 1, 0);
-  lua_insert(L, -2);
-  lua_rawseti(L, -2, 1);
-  vpp_run_new(L, 1, 1, action != VPP_GET_TOKEN, 1, one_deliver);
-  lua_insert(L, -2);
-  lua_setfield(L, -2, "urls");
+  int post = action != VPP_GET_TOKEN;
+  vpp_batch *b;
+  if (c->evented) {
+    lua_pushstring(L, url);
+    lua_createtable(L, 1, 0);
+    lua_insert(L, -2);
+    lua_rawseti(L, -2, 1);
+    b = vpp_run_new(L, 1, 1, post, 1, one_deliver);
+    lua_insert(L, -2);
+    lua_setfield(L, -2, "urls");
+  } else {
+    lua_getiuservalue(L, 1, 1);
+    lua_rawgeti(L, -1, 1); /* uv[1]: the single-call run's state */
+    if (lua_isnil(L, -1)) {
+      lua_pop(L, 1);
+      c->single = vpp_run_new(L, 1, 1, post, 1, one_deliver);
+      lua_pushvalue(L, -1);
+      lua_rawseti(L, -3, 1);
+    }
+    lua_remove(L, -2);
+    b = c->single;
+    vpp_run_reset(b, post, 1, one_deliver);
+    b->url = url;
+    lua_pushnil(L);
+    lua_rawseti(L, -2, 1);
+    lua_pushnil(L);
+    lua_rawseti(L, -2, 2);
+  }
   lua_pushvalue(L, id_idx);
-  lua_setfield(L, -2, "id");
-  return vpp_client_run(L, c, 1);
+  lua_rawseti(L, -2, 3);
+  return vpp_client_run(L, c, 1, b);
 }
 
 static int do_sync_licenses(lua_State *L) {
@@ -526,7 +549,7 @@ static int do_list_tokens(lua_State *L) {
   lua_pushboolean(L, 1);
   lua_rawset(L, -3);
   lua_setfield(L, 4, "seen");
-  return vpp_client_run(L, c, 1);
+  return vpp_client_run(L, c, 1, b);
 }
 
 /* ---- module-level shortcuts: a client for one call, closed after it ---- */

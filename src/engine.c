@@ -23,8 +23,6 @@ enum { JOB_QUEUED, JOB_RUNNING, JOB_WAITING, JOB_DONE };
 enum { FETCH_IDLE, FETCH_RUNNING, FETCH_WAITING };
 enum { TOKEN_READY, TOKEN_PENDING, TOKEN_FAILED };
 
-#define RUN_MT "vpp.run"
-
 static const char noop_key = 'n'; /* registry: a Lua function that does nothing */
 
 /* ---- handles ----------------------------------------------------------- */
@@ -151,7 +149,12 @@ double vpp_engine_wake(vpp_client *c) {
  * The client's user value table sits at c->stack_uv, its runs table just
  * above it; a run's state table is runs[run]. */
 
-static void push_state(lua_State *L, const vpp_batch *b) { lua_rawgetp(L, b->c->stack_uv + 1, b); }
+static void push_state(lua_State *L, const vpp_batch *b) {
+  if (b->stack_state)
+    lua_pushvalue(L, b->stack_state); /* a blocking run: in the driver's frame */
+  else
+    lua_rawgetp(L, b->c->stack_uv + 1, b);
+}
 
 static void enter(lua_State *L, vpp_client *c, int client_idx) {
   lua_getiuservalue(L, client_idx, 1);
@@ -421,11 +424,15 @@ static void start_job(lua_State *L, vpp_batch *b, int j, const char *token, size
   }
   memset(&rq, 0, sizeof rq);
   rq.post = b->post;
-  push_state(L, b);
-  lua_getfield(L, -1, "urls");
-  lua_rawgeti(L, -1, j + 1);
-  rq.url = lua_tostring(L, -1); /* anchored by the state table */
-  lua_pop(L, 3);
+  if (b->url) {
+    rq.url = b->url;
+  } else {
+    push_state(L, b);
+    lua_getfield(L, -1, "urls");
+    lua_rawgeti(L, -1, j + 1);
+    rq.url = lua_tostring(L, -1); /* anchored by the state table */
+    lua_pop(L, 3);
+  }
   rq.bearer = token;
   rq.bearer_len = len;
   rq.request_ids = &c->entropy;
@@ -713,35 +720,35 @@ void vpp_engine_cancel(vpp_client *c) {
 
 /* ---- runs -------------------------------------------------------------- */
 
-/* __gc of a run: a run still linked (its coroutine was dropped) lets go of
- * its transfers.  Never raises. */
-static int run_gc(lua_State *L) {
-  vpp_batch *b = lua_touserdata(L, 1);
-  if (b->c) unlink_run(b);
-  return 0;
-}
-
 /* Pushes the state table of a new run of n jobs on the client at
  * client_idx; the caller fills state.urls (and what its deliver keeps)
- * before starting it. */
-vpp_batch *vpp_run_new(lua_State *L, int client_idx, int n, int post, int concurrency, vpp_deliver_fn deliver) {
-  size_t jobs = (size_t)n * sizeof(vpp_job), waiting = (size_t)n * sizeof(int);
-  vpp_batch *b;
-  client_idx = lua_absindex(L, client_idx);
-  b = lua_newuserdatauv(L, sizeof *b + jobs + waiting, 1);
-  memset(b, 0, sizeof *b + jobs);
-  b->jobs = (vpp_job *)(void *)(b + 1);
-  b->waiting = (int *)(void *)((char *)b->jobs + jobs);
+ * before starting it.  The run's memory is a userdata with no finalizer:
+ * while it is linked, the client's runs table holds it, and the client's
+ * own __gc unlinks every run before any of that memory goes. */
+/* Readies b (of n jobs) for a new run. */
+void vpp_run_reset(vpp_batch *b, int post, int concurrency, vpp_deliver_fn deliver) {
+  vpp_job *jobs = b->jobs;
+  int *waiting = b->waiting, n = b->n;
+  memset(b, 0, sizeof *b);
+  memset(jobs, 0, (size_t)n * sizeof(vpp_job));
+  b->jobs = jobs;
+  b->waiting = waiting;
   b->n = n;
   b->post = post;
   b->concurrency = concurrency;
   b->deliver = deliver;
   b->deadline_at = HUGE_VAL;
-  if (luaL_newmetatable(L, RUN_MT)) {
-    lua_pushcfunction(L, run_gc);
-    lua_setfield(L, -2, "__gc");
-  }
-  lua_setmetatable(L, -2);
+}
+
+vpp_batch *vpp_run_new(lua_State *L, int client_idx, int n, int post, int concurrency, vpp_deliver_fn deliver) {
+  size_t jobs = (size_t)n * sizeof(vpp_job), waiting = (size_t)n * sizeof(int);
+  vpp_batch *b;
+  client_idx = lua_absindex(L, client_idx);
+  b = lua_newuserdatauv(L, sizeof *b + jobs + waiting, 1);
+  b->jobs = (vpp_job *)(void *)(b + 1);
+  b->waiting = (int *)(void *)((char *)b->jobs + jobs);
+  b->n = n;
+  vpp_run_reset(b, post, concurrency, deliver);
   lua_createtable(L, 2, 4);
   lua_pushvalue(L, -2);
   lua_setfield(L, -2, "run");
@@ -813,6 +820,8 @@ static int drain(lua_State *L, vpp_client *c, int state, vpp_batch *b) {
     vpp_engine_provide(L, 1);
     return 1;
   }
+  if (!b->queued) return 0;
+  b->queued = 0;
   lua_getfield(L, state, "events");
   n = lua_istable(L, -1) ? (int)lua_rawlen(L, -1) : 0;
   if (n > 0) {
@@ -836,11 +845,10 @@ static int drain(lua_State *L, vpp_client *c, int state, vpp_batch *b) {
 
 static int block_body(lua_State *L) {
   vpp_client *c = lua_touserdata(L, 1);
-  vpp_batch *b;
+  vpp_batch *b = lua_touserdata(L, 3);
   int state = 2;
-  lua_getfield(L, state, "run");
-  b = lua_touserdata(L, -1);
-  lua_pop(L, 1);
+  double chance = vpp_now(); /* when hooks last had a chance */
+  b->stack_state = state;
   enter(L, c, 1);
   for (;;) {
     double wake;
@@ -850,27 +858,35 @@ static int block_body(lua_State *L) {
     if ((wake = vpp_engine_wake(c)) > 0) {
       int ms = wake > 1 ? 1000 : (int)ceil(wake * 1000);
       curl_multi_poll(c->multi, NULL, 0, ms, NULL);
-      lua_rawgetp(L, LUA_REGISTRYINDEX, &noop_key);
-      lua_call(L, 0, 0); /* a hook (the interpreter's SIGINT one) may raise here */
+      if (vpp_now() - chance >= 0.25) {
+        chance = vpp_now();
+        lua_rawgetp(L, LUA_REGISTRYINDEX, &noop_key);
+        lua_call(L, 0, 0); /* a hook (the interpreter's SIGINT one) may raise here */
+      }
     }
   }
   return 0;
 }
 
-/* Runs the run of the state table at state to its end, blocking. */
-void vpp_run_block(lua_State *L, int client_idx, int state) {
+/* Runs b, whose state table is at state, to its end, blocking: the one
+ * run of the client (so it needs no place in the runs table). */
+void vpp_run_block(lua_State *L, int client_idx, int state, vpp_batch *b) {
   vpp_client *c = lua_touserdata(L, client_idx);
   int status;
   client_idx = lua_absindex(L, client_idx);
   state = lua_absindex(L, state);
-  vpp_run_start(L, client_idx, state);
+  b->c = c;
+  b->next = c->runs;
+  c->runs = b;
   lua_pushcfunction(L, block_body);
   lua_pushvalue(L, client_idx);
   lua_pushvalue(L, state);
+  lua_pushlightuserdata(L, b);
   c->busy = 1;
-  status = lua_pcall(L, 2, 0, 0);
+  status = lua_pcall(L, 3, 0, 0);
   c->busy = 0;
-  vpp_run_abort(L, state);
+  b->stack_state = 0;
+  unlink_run(b);
   if (status != LUA_OK) lua_error(L);
 }
 

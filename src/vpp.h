@@ -274,6 +274,7 @@ typedef struct vpp_client {
   vpp_origin origin;
   vpp_entropy entropy; /* for client-request-ids */
   vpp_batch *runs;     /* the runs under way, newest first */
+  vpp_batch *single;   /* blocking: the run every single call reuses (uv[1]) */
   /* With a loop: libcurl's sockets on the poller, its timer. */
   int evented;
   vpp_poller poller;
@@ -318,14 +319,18 @@ struct vpp_batch {
   int cancelled, auth_failed, aborted;
   double deadline_at; /* HUGE_VAL: none */
   vpp_deliver_fn deliver;
+  const char *url; /* a blocking single call's URL, in C memory; else state.urls */
+  int queued;      /* results queued in state.events since the driver looked */
+  int stack_state; /* a blocking run's state, in its driver's frame; else 0 */
 };
 
 /* The run's state table (the run's user value, and runs[run] in the
  * client's): [1], [2] what the call returns; urls; and per kind of run
  * what its deliver function keeps. */
 vpp_batch *vpp_run_new(lua_State *L, int client_idx, int n, int post, int concurrency, vpp_deliver_fn deliver);
+void vpp_run_reset(vpp_batch *b, int post, int concurrency, vpp_deliver_fn deliver);
 void vpp_run_requeue(vpp_batch *b, int job);
-void vpp_run_block(lua_State *L, int client_idx, int state);
+void vpp_run_block(lua_State *L, int client_idx, int state, vpp_batch *b);
 void vpp_run_start(lua_State *L, int client_idx, int state);
 void vpp_run_abort(lua_State *L, int state);
 void vpp_engine_step(lua_State *L, int client_idx, vpp_batch *b);
@@ -345,7 +350,7 @@ typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN, VPP_LIST_TOKENS 
 int vpp_client_open_lib(lua_State *L);
 vpp_client *vpp_client_to(lua_State *L, int idx);
 vpp_client *vpp_client_check(lua_State *L, int idx);
-int vpp_client_run(lua_State *L, vpp_client *c, int client_idx);
+int vpp_client_run(lua_State *L, vpp_client *c, int client_idx, vpp_batch *b);
 const char *vpp_client_push_action_url(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx);
 void vpp_batch_open(lua_State *L, int methods);
 void vpp_run_open(lua_State *L, int module);
