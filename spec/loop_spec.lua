@@ -118,6 +118,28 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.is_true(t.worst < 0.05 * support.SLOWDOWN, ("the host timer was %.0f ms late"):format(t.worst * 1000))
     end)
 
+    it("hands loop(op) a pollable: a descriptor, \"r\", and the seconds to its next timer", function()
+      local ids = ids_of(fx.server)
+      fx.server:program(ids[1], { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "1" } } })
+      local seen, out = {}, {}
+      local c = client { loop = function(op)
+        seen[#seen + 1] = { fd = op:pollfd(), events = op:events(), timeout = op:timeout() }
+        return h.loop(op)
+      end }
+      h.run(function() out.token = c:get_token(ids[1]) end)
+      c:close()
+      assert.equal(ids[1], out.token and out.token.id)
+      local fd, waited = seen[1].fd, false
+      for _, o in ipairs(seen) do
+        assert.equal(math.type and "integer" or "number", math.type and math.type(o.fd) or type(o.fd))
+        assert.equal(fd, o.fd) -- one descriptor for the client
+        assert.equal("r", o.events)
+        assert.is_true(o.timeout == nil or o.timeout >= 0)
+        if o.timeout and o.timeout > 0.5 and o.timeout <= 1.01 then waited = true end
+      end
+      assert.is_true(waited, "no op:timeout() announced the 1 s Retry-After")
+    end)
+
     it("two coroutines' calls overlap on one client; the short one finishes first", function()
       local ids = ids_of(fx.server)
       local c = client()
@@ -282,6 +304,12 @@ describe("blocking mode", function()
     assert.is_true(seconds < 2 * support.SLOWDOWN, "the hook waited " .. seconds .. " s")
     local id = assert(c:list_tokens())[1].id
     assert.equal(id, assert(c:sync_licenses(id)).id)
+  end)
+
+  it("module-level calls refuse a loop", function()
+    assert.has_error(function()
+      vpp.sync_licenses("x", { access_token = support.TOKEN, base_url = f.server.url, loop = function() end })
+    end, "vpp: opts.loop: the module-level calls block; make a client with vpp.new for a loop")
   end)
 
   it("keeps each deadline too", function()

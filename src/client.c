@@ -564,6 +564,10 @@ static int one_shot(lua_State *L, int nids, lua_CFunction call) {
   lua_pushvalue(L, opts);
   lua_call(L, 1, 1);
   lua_insert(L, 1); /* client, ids..., opts: the method's own layout */
+  if (((vpp_client *)lua_touserdata(L, 1))->evented) {
+    client_release(lua_touserdata(L, 1));
+    return luaL_error(L, "vpp: opts.loop: the module-level calls block; make a client with vpp.new for a loop");
+  }
   n = call(L);
   client_release(lua_touserdata(L, 1)); /* not busy: the call has returned */
   return n;

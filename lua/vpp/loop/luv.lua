@@ -9,9 +9,12 @@ local uv = require "luv"
 
 local polls = {} -- descriptor -> { handle, waiters = { [coroutine] = true } }
 
+-- An error of a coroutine resumed from a uv callback has no caller to go
+-- to, and raising it in the callback would end the host process (luv's
+-- way): it goes to stderr.  Hosts that want it wrap their coroutines.
 local function resume(co)
   local ok, err = coroutine.resume(co)
-  if not ok then error(debug.traceback(co, tostring(err)), 0) end
+  if not ok then io.stderr:write("vpp.loop.luv: a coroutine raised: ", debug.traceback(co, tostring(err)), "\n") end
 end
 
 local function release(fd, entry)
