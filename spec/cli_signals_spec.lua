@@ -55,6 +55,20 @@ describe("the vpp command interrupted", function()
     assert.equal("VPP UNKNOWN - timed out after 2 s\n", r.out)
   end)
 
+  it("gives a host that runs cli.main its own SIGINT handling back afterwards", function()
+    local out = support.run_lua([[
+      local cli = require "vpp.cli"
+      cli.main { "--version" }
+      -- later, from the background: system() ignores SIGINT while it waits
+      os.execute("(sleep 0.2; kill -INT $PPID) &") -- the interpreter's own handler: "interrupted!"
+      local t = os.clock()
+      while os.clock() - t < 2 do end
+      print("still running")
+    ]])
+    assert.matches("interrupted!", out)
+    assert.not_matches("still running", out)
+  end)
+
   it("stops any command at --deadline, printing what finished; exit 1", function()
     local t0 = support.now()
     local r = fx.cli.run({ "--deadline", "1", "sync", "--all", "--wait", "--wait-interval", "0.2", "--format", "csv" },

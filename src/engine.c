@@ -698,8 +698,8 @@ void vpp_engine_step(lua_State *L, int client_idx, vpp_batch *b) {
   c->driving = NULL;
   if (status == LUA_OK) {
     /* Another run's driver may wait on the poller for what this step
-     * ended of its jobs. */
-    if (c->nudge) vpp_poller_signal(&c->poller);
+     * ended of its jobs, or to call the access_token function. */
+    if (c->nudge || (c->want_token && !c->providing)) vpp_poller_signal(&c->poller);
     return;
   }
   while (c->runs) {
@@ -786,8 +786,7 @@ void vpp_run_abort(lua_State *L, int state) {
   lua_getfield(L, state, "run");
   b = lua_touserdata(L, -1);
   lua_pop(L, 1);
-  if (!b->c) return;
-  lua_getfield(L, state, "client");
+  lua_getfield(L, state, "client"); /* also when the engine already unlinked it */
   lua_getiuservalue(L, -1, 1);
   lua_getfield(L, -1, "runs");
   lua_pushnil(L);

@@ -156,14 +156,31 @@ void vpp_poller_signal(vpp_poller *p) {
  * SIGINT and SIGTERM call on(sig) from the handler: it may only do what a
  * handler may (vpp.c sets a Lua hook, as lua.c does for SIGINT). */
 static void (*signal_fn)(int);
+static struct sigaction before_int, before_term;
+static int caught;
 
 static void on_signal(int sig) { signal_fn(sig); }
 
+/* Until vpp_release_signals, which puts back what was there before. */
 int vpp_catch_signals(void (*on)(int)) {
   struct sigaction sa;
+  if (caught) return 1;
   signal_fn = on;
   sa.sa_handler = on_signal;
   sigemptyset(&sa.sa_mask);
   sa.sa_flags = 0;
-  return sigaction(SIGINT, &sa, NULL) == 0 && sigaction(SIGTERM, &sa, NULL) == 0;
+  if (sigaction(SIGINT, &sa, &before_int) != 0) return 0;
+  if (sigaction(SIGTERM, &sa, &before_term) != 0) {
+    sigaction(SIGINT, &before_int, NULL);
+    return 0;
+  }
+  caught = 1;
+  return 1;
+}
+
+void vpp_release_signals(void) {
+  if (!caught) return;
+  sigaction(SIGINT, &before_int, NULL);
+  sigaction(SIGTERM, &before_term, NULL);
+  caught = 0;
 }

@@ -44,7 +44,18 @@ static void signal_hook(lua_State *L, lua_Debug *ar) {
 
 static void on_signal(int sig) {
   caught = sig;
-  lua_sethook(signal_L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+  if (signal_L) lua_sethook(signal_L, signal_hook, LUA_MASKCALL | LUA_MASKRET | LUA_MASKCOUNT, 1);
+}
+
+/* _release_signals(): the handlers from before _catch_signals, and no hook
+ * left behind. */
+static int core_release_signals(lua_State *L) {
+  vpp_release_signals();
+  if (signal_L == L && lua_gethook(L) == signal_hook) lua_sethook(L, NULL, 0, 0);
+  signal_L = NULL;
+  lua_pushnil(L);
+  lua_rawsetp(L, LUA_REGISTRYINDEX, &signal_key);
+  return 0;
 }
 
 static int core_catch_signals(lua_State *L) {
@@ -68,6 +79,7 @@ int luaopen_vpp_core(lua_State *L) {
                                     {"_time", core_time},
                                     {"_isatty", core_isatty},
                                     {"_catch_signals", core_catch_signals},
+                                    {"_release_signals", core_release_signals},
                                     {NULL, NULL}};
   vpp_once(curl_init_once);
   if (curl_init_rc != CURLE_OK) return luaL_error(L, "vpp: curl_global_init failed");

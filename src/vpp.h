@@ -31,6 +31,7 @@ void vpp_sleep(double seconds);
 int vpp_isatty(int fd);
 void vpp_once(void (*fn)(void));        /* one fn per process: curl_global_init */
 int vpp_catch_signals(void (*on)(int)); /* SIGINT, SIGTERM: the command only */
+void vpp_release_signals(void);
 
 /* One descriptor over many sockets (epoll, kqueue), and a signal. */
 typedef struct vpp_poller {

@@ -158,7 +158,8 @@ end
 
 --- Why the run stopped early: "interrupted by SIGINT" and the like, or nil.
 function Run:interruption()
-  if self.signal then return "interrupted by " .. (SIGNAL_NAMES[self.signal] or ("signal " .. self.signal)) end
+  local sig = self.caught.signal
+  if sig then return "interrupted by " .. (SIGNAL_NAMES[sig] or ("signal " .. sig)) end
 end
 
 local function fail(err)
@@ -380,7 +381,7 @@ function Run:sync(client)
     done()
     collect(rows, results, known)
   end
-  if a.wait and not a.dry_run and not self.signal then self:wait(client, rows) end
+  if a.wait and not a.dry_run and not self.caught.signal then self:wait(client, rows) end
   for _, r in ipairs(skipped) do rows[#rows + 1] = r end
   return self:report(rows)
 end
@@ -486,6 +487,13 @@ local function usage_exit(command)
 end
 
 local function run(args)
+  -- SIGINT, SIGTERM, from the start: the calls under way end at once
+  -- (cancel), what finished is reported, and the exit is 128 + the signal.
+  local caught = {}
+  core._catch_signals(function(sig)
+    caught.signal = caught.signal or sig
+    if caught.client then caught.client:cancel() end
+  end)
   local state = {}
   local parser, subcommands = M.parser(state)
   local ok, parsed = parser:pparse(args)
@@ -503,7 +511,7 @@ local function run(args)
     io.stderr:write(usage, "\n\nvpp: ", parsed, "\n")
     return usage_exit(name)
   end
-  local self = setmetatable({ args = parsed }, Run)
+  local self = setmetatable({ args = parsed, caught = caught }, Run)
   if name == "check" and parsed.crit_days > parsed.warn_days then
     io.stderr:write(usage, "\n\nvpp: --crit-days must not be more than --warn-days\n")
     return check.UNKNOWN
@@ -521,17 +529,14 @@ local function run(args)
   self.limit = parsed.deadline
   if name == "check" then self.limit = math.min(parsed.deadline or math.huge, parsed.run_timeout) end
   if self.limit then self.deadline_at = core._clock() + self.limit end
-  -- SIGINT, SIGTERM: the calls under way end at once (cancel), what
-  -- finished is reported, and main exits 128 + the signal.
-  core._catch_signals(function(sig)
-    self.signal = self.signal or sig
-    client:cancel()
-  end)
+  caught.client = client
+  if caught.signal then client:cancel() end -- it came while the client was made
   local done, code = pcall(commands[name], self, client)
+  caught.client = nil
   client:close()
-  if done and self.signal and name ~= "check" then
+  if done and caught.signal and name ~= "check" then
     if not self.summarised then io.stderr:write("vpp: ", self:interruption(), "\n") end
-    return 128 + self.signal
+    return 128 + caught.signal
   end
   if not done then
     if getmetatable(code) == UsageError then
@@ -554,6 +559,7 @@ function M.main(args)
   local ok, code = xpcall(function() return run(args) end, function(e) -- no xpcall arguments in 5.1
     return verbose and debug.traceback(tostring(e), 2) or tostring(e)
   end)
+  core._release_signals() -- a host that runs main keeps its own handling
   if not ok then
     io.stderr:write("vpp: internal error: ", tostring(code), "\n")
     return M.EXIT_SOFTWARE
