@@ -164,13 +164,16 @@ for _, name in ipairs { "cqueues", "luv" } do
       assert.is_true(get > first and get < last, ("not interleaved: get %d, posts %d-%d"):format(get, first, last))
     end)
 
-    it("runs on_result and access_token functions that yield to the loop", function()
+    it("runs on_result, on_request and access_token functions that yield to the loop", function()
       local ids = ids_of(fx.server)
-      local fetches, seen, out = 0, 0, {}
+      local fetches, seen, traced, out = 0, 0, 0, {}
       local c = client { access_token = function()
         fetches = fetches + 1
         h.sleep(0.05) -- a vault over the host's own async client
         return "vault-token", os.time() + 3600
+      end, on_request = function()
+        h.sleep(0.001) -- a log shipped over the host's own client
+        traced = traced + 1
       end }
       h.run(function()
         out.batch = c:sync_many(slice(ids, 1, 10), { on_result = function()
@@ -181,6 +184,7 @@ for _, name in ipairs { "cqueues", "luv" } do
       c:close()
       assert.equal(10, out.batch.ok, tostring(out.batch[1].err))
       assert.equal(10, seen)
+      assert.equal(10, traced)
       assert.equal(1, fetches)
       assert.equal("Bearer vault-token", fx.server:log()[1].authorization)
     end)

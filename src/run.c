@@ -49,35 +49,40 @@ static int run_wake(lua_State *L) {
   return 1;
 }
 
-/* _take(client_or_state, field): the queued list under field (traces of
- * the client's user value, events of a run's state), replaced by an empty
- * one; nil when empty. */
-static int take(lua_State *L, int t, const char *field) {
+/* Pushes the queued list under field of the table at t (traces of the
+ * client's user value, events of a run's state), replaced there by an
+ * empty one; nil when it is empty. */
+static void take(lua_State *L, int t, const char *field) {
   lua_getfield(L, t, field);
   if (!lua_istable(L, -1) || lua_rawlen(L, -1) == 0) {
+    lua_pop(L, 1);
     lua_pushnil(L);
-    return 1;
+    return;
   }
   lua_newtable(L);
   lua_setfield(L, t, field);
-  return 1;
 }
 
+/* _traces(client): on_request, and the traces queued for it (or nil). */
 static int run_traces(lua_State *L) {
   looped(L);
+  lua_settop(L, 1);
   lua_getiuservalue(L, 1, 1);
-  lua_getfield(L, -1, "on_request");
-  lua_insert(L, -2);
-  take(L, lua_gettop(L), "traces");
-  return 2; /* on_request, and the traces, or nil */
+  lua_getfield(L, 2, "on_request");
+  take(L, 2, "traces");
+  return 2;
 }
 
+/* _events(state): on_result, the results queued for it (or nil), and the
+ * run's total. */
 static int run_events(lua_State *L) {
   vpp_batch *b = state_run(L, 1);
+  b->queued = 0;
+  lua_settop(L, 1);
   lua_getfield(L, 1, "on_result");
   take(L, 1, "events");
   lua_pushinteger(L, b->n);
-  return 3; /* on_result, the results, or nil, and the total */
+  return 3;
 }
 
 /* _claim(client, state): the access_token function, when a job waits for
