@@ -390,6 +390,16 @@ describe("the vpp command", function()
         #all, #valid - #busy, #busy), out)
     end)
 
+    it("luv_bot.lua syncs and waits inside a luv loop whose heartbeat keeps beating", function()
+      fx.server:config { sync_seconds = 0.6 }
+      local out, ok = run_example("luv_bot.lua")
+      assert.is_true(ok, out)
+      local all = library_list()
+      assert.matches(("status: %d tokens"):format(#all), out)
+      assert.matches("synced %d+ of " .. #all .. " listed; %d+ done waiting", out)
+      assert.is_true(tonumber(out:match("heartbeats while working: (%d+)")) >= 5, out)
+    end)
+
     it("expiry_report.lua lists the tokens expiring soon", function()
       local out, ok = run_example("expiry_report.lua")
       assert.is_true(ok, out)

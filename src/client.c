@@ -356,9 +356,10 @@ static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_id
     lua_rawgeti(L, -1, 1); /* uv[1]: the single-call run's state */
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
-      c->single = vpp_run_new(L, 1, 1, post, 1, one_deliver);
+      b = vpp_run_new(L, 1, 1, post, 1, one_deliver);
       lua_pushvalue(L, -1);
       lua_rawseti(L, -3, 1);
+      c->single = b; /* only once it is anchored: the store may raise */
     }
     lua_remove(L, -2);
     b = c->single;
