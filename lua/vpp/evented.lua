@@ -75,6 +75,7 @@ end
 local function body(client, state, loop)
   local op
   while true do
+    if not pcall_yields then reap(client) end -- a dead driver may hold the token function
     core._step(client, state)
     service(client, state)
     if core._done(state) then return core._finish(state) end
