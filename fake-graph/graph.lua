@@ -59,7 +59,22 @@ local function send(status, body, headers)
   return ngx.exit(status)
 end
 
-local function graph_error(status, code, message, headers)
+-- Intune's services answer with an error of their own, which Graph passes
+-- on as a JSON string in error.message (as in Graph's answers quoted in
+-- microsoftgraph/powershell-intune-samples#89 and
+-- microsoft-graph-docs-contrib#4157): pretty-printed with CR LF, the text
+-- followed by the operation id (zeros), the activity id and the service URL.
+local function intune_message(text)
+  local activity = ngx.ctx.request_id or "00000000-0000-0000-0000-000000000000"
+  local inner = ("%s - Operation ID (for customer support): 00000000-0000-0000-0000-000000000000"
+    .. " - Activity ID: %s - Url: https://fef.msua06.manage.microsoft.com/StatelessAppMetadataFEService"
+    .. "/deviceAppManagement/vppTokens?api-version=5025-01-10"):format(text, activity)
+  return ('{\r\n  "_version": 3,\r\n  "Message": %s,\r\n  "CustomApiErrorPhrase": "",\r\n'
+    .. '  "RetryAfter": null,\r\n  "ErrorSourceService": "",\r\n  "HttpHeaders": "{}"\r\n}'):format(cjson.encode(inner))
+end
+
+local function graph_error(status, code, message, headers, intune)
+  if intune then message = intune_message(message) end
   return send(status, cjson.encode({ error = {
     code = code, message = message,
     innerError = { date = tenant.timestamp(ngx.now()):sub(1, 19),
@@ -88,7 +103,7 @@ local function serve_program(r)
     ngx.print('"}')
     return ngx.exit(ngx.status)
   end
-  if r.error then return graph_error(r.status or 500, r.error, r.message or r.error, r.headers) end
+  if r.error then return graph_error(r.status or 500, r.error, r.message or r.error, r.headers, r.intune) end
   local body = r.body or (r.json and cjson.encode(r.json)) or ""
   if r.body_base64 then body = ngx.decode_base64(r.body_base64) end -- binary bodies (gzip)
   if r.stall or r.chunked_cut then

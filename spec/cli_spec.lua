@@ -353,6 +353,22 @@ describe("the vpp command", function()
       assert.matches("^VPP UNKNOWN %- .*GRAPH_ACCESS_TOKEN", r.out)
     end)
 
+    it("a 403 prints Intune's text and the permission the call needs (exit 1; check: 3)", function()
+      local denied = { status = 403, error = "Forbidden", intune = true,
+        message = "Application is not authorized to perform this operation." }
+      fx.server:program("@list", { denied, denied })
+      local r = fx.cli.run({ "list" }, fx.env)
+      assert.equal(1, r.code)
+      assert.equal(1, #lines(r.err), r.err)
+      assert.matches("http 403 Forbidden: Application is not authorized to perform this operation%.", r.err)
+      assert.matches("hint: the application needs the Microsoft Graph application permission"
+        .. " DeviceManagementApps%.Read%.All", r.err)
+      assert.not_matches("_version", r.err)
+      r = fx.cli.run({ "check" }, fx.env)
+      assert.equal(3, r.code)
+      assert.matches("^VPP UNKNOWN %- .*DeviceManagementApps%.Read%.All", r.out)
+    end)
+
     it("an unreachable fx.server: exit 1 for list and sync, 3 (UNKNOWN) for check", function()
       local closed = { GRAPH_URL = "http://127.0.0.1:1", GRAPH_ACCESS_TOKEN = support.TOKEN }
       local r = fx.cli.run({ "sync", "--all" }, closed)

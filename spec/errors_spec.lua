@@ -83,6 +83,57 @@ describe("run-time errors", function()
     end)
   end)
 
+  describe("Intune's errors inside Graph's", function()
+    it("unwrap the text of Intune's JSON message, keeping its activity id and innerError's date", function()
+      f.server:program("t", { { status = 500, error = "InternalError", intune = true,
+        message = "An error has occurred" } })
+      local err = fails(f.client:sync_licenses("t"))
+      assert.equal("InternalError", err.code)
+      assert.equal("An error has occurred", err.message)
+      assert.equal(err.request_id, err.activity_id) -- the fake uses the request-id, as Intune often does
+      assert.is_nil(err.operation_id) -- Intune's all-zero placeholder is no id
+      assert.matches("^%d%d%d%d%-%d%d%-%d%dT%d%d:%d%d:%d%d$", err.date)
+      assert.not_matches("_version", tostring(err))
+    end)
+
+    it("unwrap a message wrapped twice, and keep a real operation id", function()
+      local inner = '{\r\n  "_version": 3,\r\n  "Message": "An error has occurred - Operation ID (for customer'
+        .. ' support): 4f0c1f5e-2a6b-4f55-9d3e-0123456789ab - Activity ID: 2f4e1c74-f5d3-4529-9441-c6e6543b2133'
+        .. ' - Url: https://fef.msub02.manage.microsoft.com/x",\r\n  "CustomApiErrorPhrase": ""\r\n}'
+      f.server:program("t", { { status = 500, json = { error = { code = "UnknownError",
+        message = require("cjson").encode { ErrorCode = "Forbidden", Message = inner },
+        innerError = { date = "2020-02-03T10:00:00" } } } } })
+      local err = fails(f.client:get_token("t"))
+      assert.equal("An error has occurred", err.message)
+      assert.equal("4f0c1f5e-2a6b-4f55-9d3e-0123456789ab", err.operation_id)
+      assert.equal("2f4e1c74-f5d3-4529-9441-c6e6543b2133", err.activity_id)
+      assert.equal("2020-02-03T10:00:00", err.date)
+    end)
+
+    it("leave a plain Graph message as it is", function()
+      local err = fails(f.client:sync_licenses("no-such-token"))
+      assert.equal("The requested vppToken was not found.", err.message)
+      assert.is_nil(err.activity_id)
+      assert.is_nil(err.hint)
+    end)
+
+    it("a 403 names the permission the call needs, for writes and for reads", function()
+      local denied = { status = 403, error = "Forbidden", intune = true, message = "Application is not"
+        .. " authorized to perform this operation. Application must have one of the following scopes:"
+        .. " DeviceManagementApps.ReadWrite.All, DeviceManagementServiceConfig.ReadWrite.All" }
+      f.server:program("t", { denied, denied })
+      local w = fails(f.client:sync_licenses("t"))
+      assert.equal(403, w.status)
+      assert.matches("^Application is not authorized to perform this operation%.", w.message)
+      assert.matches("DeviceManagementApps%.ReadWrite%.All", w.hint)
+      assert.matches("admin consent", w.hint)
+      assert.matches("; hint: the application needs", tostring(w))
+      local r = fails(f.client:get_token("t"))
+      assert.matches("DeviceManagementApps%.Read%.All", r.hint)
+      assert.not_matches("ReadWrite", r.hint)
+    end)
+  end)
+
   describe("kind decode", function()
     for name, body in pairs {
       malformed = '{"id": "x", "state": }',

@@ -114,10 +114,57 @@ static const char *string_field(lua_State *L, int t, const char *k) {
   return NULL; /* the pushed value stays, balanced by the caller */
 }
 
-/* A non-2xx answer: an "http" error carrying Graph's error.code and message,
- * and the request-id from the header or, failing that, innerError. */
+#define OPERATION_MARK " - Operation ID (for customer support): "
+#define ACTIVITY_MARK  " - Activity ID: "
+
+/* Intune answers with an error of its own, as JSON, in Graph's
+ * error.message: {"_version": 3, "Message": "<text> - Operation ID (for
+ * customer support): <id> - Activity ID: <id> - Url: <url>", ...}, at
+ * times wrapped once more as {"ErrorCode": "Forbidden", "Message": "<that
+ * JSON>"} (as seen in Graph's answers quoted in microsoftgraph issues, e.g.
+ * powershell-intune-samples#89, microsoft-graph-docs-contrib#4157).
+ * Returns the innermost Message (on the stack), or message as it was. */
+static const char *intune_inner(lua_State *L, const char *message) {
+  int depth;
+  for (depth = 0; depth < 2; depth++) {
+    const char *m = message, *inner;
+    while (*m && strchr(" \t\r\n", *m)) m++;
+    if (*m != '{') break;
+    if (!vpp_json_decode(L, m, strlen(m), 0) || !is_object(L, -1)) break;
+    inner = string_field(L, lua_gettop(L), "Message");
+    if (!inner) break;
+    message = inner; /* anchored on the stack */
+  }
+  return message;
+}
+
+/* Copies the UUID after mark in text into the error on top as field. */
+static void keep_id(lua_State *L, const char *text, const char *mark, const char *field) {
+  const char *p = strstr(text, mark);
+  size_t n;
+  if (!p) return;
+  p += strlen(mark);
+  n = strspn(p, "0123456789abcdefABCDEF-");
+  if (n < 8 || strspn(p, "0-") == n) return; /* none, or Intune's all-zero placeholder */
+  lua_pushlstring(L, p, n);
+  lua_setfield(L, -2, field);
+}
+
+/* The least-privileged application permission each kind of call needs
+ * (Graph's pages for vppToken list, get and syncLicenses), for err.hint
+ * on a 403: [0] reads, [1] writes. */
+static const char *const permission_hint[2] = {
+    "the application needs the Microsoft Graph application permission DeviceManagementApps.Read.All (or "
+    "DeviceManagementServiceConfig.Read.All), with admin consent granted",
+    "the application needs the Microsoft Graph application permission DeviceManagementApps.ReadWrite.All (or "
+    "DeviceManagementServiceConfig.ReadWrite.All), with admin consent granted"};
+
+/* A non-2xx answer: an "http" error carrying Graph's error.code and message
+ * (Intune's own inside it unwrapped: its text, operation and activity
+ * ids), innerError's date, and the request-id from the header or, failing
+ * that, innerError; a 403 also says which permission the call needs. */
 static int http_error(lua_State *L, vpp_reply *r) {
-  const char *code = NULL, *message = NULL;
+  const char *code = NULL, *message = NULL, *date = NULL, *wrapped = NULL;
   int top = lua_gettop(L);
   if (vpp_json_decode(L, r->body.data, r->body.len, 0) && is_object(L, -1)) {
     lua_getfield(L, -1, "error");
@@ -126,11 +173,21 @@ static int http_error(lua_State *L, vpp_reply *r) {
       code = string_field(L, e, "code");
       message = string_field(L, e, "message");
       lua_getfield(L, e, "innerError");
-      if (!r->request_id[0] && is_object(L, -1)) {
-        const char *rid = string_field(L, lua_gettop(L), "request-id");
-        if (rid) {
+      if (is_object(L, -1)) {
+        int inner = lua_gettop(L);
+        const char *rid = string_field(L, inner, "request-id");
+        if (rid && !r->request_id[0]) {
           strncpy(r->request_id, rid, sizeof r->request_id - 1);
           r->request_id[sizeof r->request_id - 1] = '\0';
+        }
+        date = string_field(L, inner, "date");
+      }
+      if (message) {
+        const char *text = intune_inner(L, message);
+        if (text != message) {
+          const char *cut = strstr(text, OPERATION_MARK);
+          wrapped = text;
+          message = cut ? lua_pushlstring(L, text, (size_t)(cut - text)) : text;
         }
       }
     }
@@ -138,6 +195,18 @@ static int http_error(lua_State *L, vpp_reply *r) {
   if (!message || !*message) /* err.message is never missing, even for {"message": ""} */
     message = lua_pushfstring(L, "HTTP %d without a Graph error body", (int)r->status);
   vpp_error_push(L, "http", r->status, code, message, r);
+  if (wrapped) {
+    keep_id(L, wrapped, OPERATION_MARK, "operation_id");
+    keep_id(L, wrapped, ACTIVITY_MARK, "activity_id");
+  }
+  if (date) {
+    lua_pushstring(L, date);
+    lua_setfield(L, -2, "date");
+  }
+  if (r->status == 403) {
+    lua_pushstring(L, permission_hint[r->post != 0]);
+    lua_setfield(L, -2, "hint");
+  }
   /* Move nil, err below the scratch values, then drop those. */
   lua_insert(L, top + 1);
   lua_insert(L, top + 1);

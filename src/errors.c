@@ -151,6 +151,7 @@ static int error_tostring(lua_State *L) {
   } else {
     lua_pop(L, 2);
   }
+  add_field(&b, L, "; hint: ", "hint");
   luaL_pushresult(&b);
   one_line(L);
   return 1;

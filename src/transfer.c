@@ -288,6 +288,7 @@ int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq) {
   }
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_URL, rq->url);
+  r->post = rq->post;
   if (rq->post) {
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body.len ? t->body.data : "");
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)t->body.len);

@@ -126,6 +126,7 @@ typedef struct vpp_reply {
   int watchdog;               /* why on_progress ended it (VPP_TIMED_OUT...) */
   int sent;                   /* bytes of request sent */
   int attempts;               /* tries so far, retries included */
+  int post;                   /* the request was a POST (a write) */
   char retry_after[64];       /* the Retry-After header, as sent */
   char request_id[128];       /* Graph's request-id response header */
   char client_request_id[40]; /* the UUID we sent */
