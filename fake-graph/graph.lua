@@ -209,10 +209,32 @@ local function select_fields(tok, sel)
   return out
 end
 
+-- Graph's $skiptoken is opaque (base64 of its own state); a client must
+-- pass it on as it came.  The fake's encodes the position.
+local function skiptoken(n)
+  return (ngx.encode_base64("RFNwdA:" .. n):gsub("=", ""))
+end
+
+local function skip_of(token)
+  if not token then return 0 end
+  local padded = token .. string.rep("=", (4 - #token % 4) % 4)
+  local plain = ngx.decode_base64(padded)
+  return plain and tonumber(plain:match("^RFNwdA:(%d+)$")) or tonumber(token) or 0
+end
+
+-- Where nextLinks point: Graph names its own host (graph.microsoft.com, or
+-- a national cloud's) whatever a gateway in front of it was called with;
+-- next_link_origin sets it, else the request's own origin and prefix.
+local function next_link_base()
+  local origin = setting("next_link_origin")
+  if origin then return origin end
+  return ("%s://%s%s"):format(ngx.var.scheme, ngx.var.http_host, ngx.ctx.prefix)
+end
+
 local function list_tokens(query)
   local args = query_args(query)
   local top = tonumber(args["$top"]) or setting("page_size")
-  local skip = tonumber(args["$skiptoken"]) or 0
+  local skip = skip_of(args["$skiptoken"])
   local terms
   if args["$filter"] then
     terms = parse_filter(args["$filter"])
@@ -230,9 +252,8 @@ local function list_tokens(query)
   local body = { ["@odata.context"] = context("deviceAppManagement/vppTokens"), value = page }
   if i <= count then
     local rest = query:gsub("&?%$skiptoken=[^&]*", ""):gsub("^&", "")
-    body["@odata.nextLink"] = string.format("%s://%s%s/%s/deviceAppManagement/vppTokens?%s%s$skiptoken=%d",
-      ngx.var.scheme, ngx.var.http_host, ngx.ctx.prefix, ngx.ctx.version, rest,
-      rest ~= "" and "&" or "", i - 1)
+    body["@odata.nextLink"] = string.format("%s/%s/deviceAppManagement/vppTokens?%s%s$skiptoken=%s",
+      next_link_base(), ngx.ctx.version, rest, rest ~= "" and "&" or "", skiptoken(i - 1))
   end
   if #page == 0 then
     -- cjson encodes an empty table as {}; Graph sends [].

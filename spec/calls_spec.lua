@@ -70,7 +70,7 @@ describe("Graph calls", function()
     local log = server:log()
     assert.equal(3, #log) -- pages of 2, 2 and 1
     assert.equal("/v1.0/deviceAppManagement/vppTokens", log[1].uri)
-    assert.equal("/v1.0/deviceAppManagement/vppTokens?$skiptoken=2", log[2].uri)
+    assert.matches("^/v1%.0/deviceAppManagement/vppTokens%?%$skiptoken=[%w_-]+$", log[2].uri)
   end)
 
   it("sends select, top and filter as $select, $top and $filter", function()
@@ -136,8 +136,31 @@ describe("Graph calls", function()
     c:close()
     local log = server:log()
     assert.equal("/gateway/graph/v1.0/deviceAppManagement/vppTokens", log[1].uri)
-    assert.equal("/gateway/graph/v1.0/deviceAppManagement/vppTokens?$skiptoken=2", log[2].uri)
+    assert.matches("^/gateway/graph/v1%.0/deviceAppManagement/vppTokens%?%$skiptoken=[%w_-]+$", log[2].uri)
     assert.equal("/gateway/graph/v1.0/deviceAppManagement/vppTokens/" .. ids[1] .. "/syncLicenses", log[4].uri)
+  end)
+
+  it("behind a gateway, follows nextLinks naming Graph's own host through base_url; refuses others", function()
+    -- Graph names graph.microsoft.com in its links whatever the gateway in
+    -- front of it was called with.
+    server:config { next_link_origin = "https://graph.microsoft.com" }
+    local c = support.client(server, { base_url = server.url .. "/gateway/graph" })
+    local all, err = c:list_tokens()
+    assert.equal(5, all and #all, tostring(err))
+    local log = server:log()
+    assert.equal(3, #log) -- 2 per page
+    for i = 2, 3 do
+      assert.matches("^/gateway/graph/v1%.0/deviceAppManagement/vppTokens%?%$skiptoken=[%w_-]+$", log[i].uri)
+    end
+    -- a national cloud's host, or any other, is still refused
+    for _, host in ipairs { "https://graph.microsoft.us", "https://graph.microsoft.com.evil.example" } do
+      server:config { next_link_origin = host }
+      local none, ferr = c:list_tokens()
+      assert.is_nil(none)
+      assert.equal("foreign_next_link", ferr.code, host)
+    end
+    c:close()
+    server:config { next_link_origin = false }
   end)
 
   it("uses one TCP connection for 20 sequential calls on one client", function()

@@ -140,6 +140,8 @@ static int client_new(lua_State *L) {
   vpp_options_read(L, opts, uv, &s.s);
   vpp_auth_read(L, opts, uv, &s.auth, &graph);
   s.base_url = read_base_url(L, opts, uv, graph, &s.origin);
+  vpp_url_origin(graph, &s.cloud_origin);
+  s.gateway = !vpp_url_same_origin(&s.cloud_origin, s.base_url);
   s.api_version = read_api_version(L, opts, uv);
   read_rate_limit(L, opts, &s.rate);
   if (!s.s.user_agent) s.s.user_agent = default_user_agent(L, uv);
@@ -498,10 +500,17 @@ static void page_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
     return;
   }
   if (!vpp_url_same_origin(&c->origin, url)) {
-    keep_result(L, state,
-                vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
-                               "@odata.nextLink points to another scheme, host or port than base_url", &t->reply));
-    return;
+    /* Behind a gateway, Graph's links still name Graph's own host: they
+     * are followed through base_url (its origin and path prefix). */
+    if (!c->gateway || !vpp_url_same_origin(&c->cloud_origin, url)) {
+      keep_result(L, state,
+                  vpp_error_push(L, "decode", t->reply.status, VPP_CODE(foreign_next_link),
+                                 "@odata.nextLink points to another scheme, host or port than base_url", &t->reply));
+      return;
+    }
+    lua_pushfstring(L, "%s%s", c->base_url, url + vpp_url_path_at(url));
+    lua_replace(L, -3); /* the link, under the page count */
+    url = lua_tostring(L, -2);
   }
   lua_getfield(L, state, "seen");
   lua_pushvalue(L, -3); /* the link: on the stack under the page's table */

@@ -107,3 +107,11 @@ int vpp_url_same_origin(const vpp_origin *a, const char *url) {
   return vpp_url_origin(url, &b) && strcmp(a->scheme, b.scheme) == 0 && strcmp(a->host, b.host) == 0 &&
          strcmp(a->port, b.port) == 0;
 }
+
+/* Where the path of an absolute URL starts (after scheme://host[:port]). */
+size_t vpp_url_path_at(const char *url) {
+  const char *p = strstr(url, "://");
+  if (!p) return 0;
+  p += 3;
+  return (size_t)(p - url) + strcspn(p, "/?#");
+}

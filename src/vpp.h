@@ -83,6 +83,7 @@ int vpp_url_origin(const char *url, vpp_origin *out);
 int vpp_url_same_origin(const vpp_origin *a, const char *url);
 int vpp_url_loopback(const vpp_origin *o);
 int vpp_url_has_userinfo(const char *url);
+size_t vpp_url_path_at(const char *url);
 
 /* Token buckets for the proactive rate limit. */
 typedef struct vpp_bucket {
@@ -274,9 +275,11 @@ typedef struct vpp_client {
   vpp_ratelimit rate;
   vpp_auth auth;
   vpp_origin origin;
-  vpp_entropy entropy; /* for client-request-ids */
-  vpp_batch *runs;     /* the runs under way, newest first */
-  vpp_batch *single;   /* blocking: the run every single call reuses (uv[1]) */
+  vpp_origin cloud_origin; /* the cloud's Graph host */
+  int gateway;             /* base_url is not it */
+  vpp_entropy entropy;     /* for client-request-ids */
+  vpp_batch *runs;         /* the runs under way, newest first */
+  vpp_batch *single;       /* blocking: the run every single call reuses (uv[1]) */
   /* With a loop: libcurl's sockets on the poller, its timer. */
   int evented;
   vpp_poller poller;
