@@ -60,12 +60,13 @@ describe("the vpp command interrupted", function()
       local cli = require "vpp.cli"
       cli.main { "--version" }
       -- later, from the background: system() ignores SIGINT while it waits
-      os.execute("(sleep 0.2; kill -INT $PPID) &") -- the interpreter's own handler: "interrupted!"
+      os.execute("(sleep 0.2; kill -INT $PPID) &")
       local t = os.clock()
       while os.clock() - t < 2 do end
       print("still running")
     ]])
-    assert.matches("interrupted!", out)
+    -- lua.c raises "interrupted!"; a host without a handler of its own
+    -- (make asan's) dies of the signal: either way it does not go on
     assert.not_matches("still running", out)
   end)
 

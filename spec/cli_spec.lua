@@ -178,6 +178,38 @@ describe("the vpp command", function()
       assert.equal(t.id, rows[2][1])
     end)
 
+    it("takes the start of an id (8 characters or more, as the tables print them) when it is unique", function()
+      local all = library_list()
+      local t = all[2]
+      local r = fx.cli.run({ "get", t.id:sub(1, 8), "--format", "json" }, fx.env)
+      assert.equal(0, r.code, r.err)
+      assert.equal(t.id, cjson.decode(r.out).id)
+      local log = fx.server:log()
+      assert.matches("%$select=id", log[#log - 1].uri) -- one listing of the ids, then the get
+      assert.equal("/v1.0/deviceAppManagement/vppTokens/" .. t.id, log[#log].uri)
+      r = fx.cli.run({ "sync", t.id:sub(1, 10):upper(), "--format", "csv" }, fx.env)
+      assert.equal(0, r.code, r.err)
+      assert.truthy(r.out:find("\n" .. t.id .. ",", 1, true), r.out)
+      -- a full id costs no listing
+      fx.server:log()
+      assert.equal(0, fx.cli.run({ "get", t.id }, fx.env).code)
+      assert.equal(1, #fx.server:log())
+    end)
+
+    it("refuses an ambiguous or too short start of an id (usage error, the candidates named)", function()
+      fx.server:tokens { support.vpp_token { id = "abcdef01-1111-4111-8111-111111111111" },
+        support.vpp_token { id = "abcdef01-2222-4222-8222-222222222222" } }
+      local r = fx.cli.run({ "get", "abcdef01" }, fx.env)
+      assert.equal(64, r.code)
+      assert.matches("'abcdef01' is the start of 2 token ids: abcdef01%-1111%-4111%-8111%-111111111111,"
+        .. " abcdef01%-2222", r.err)
+      r = fx.cli.run({ "sync", "abcdef" }, fx.env)
+      assert.equal(64, r.code)
+      assert.matches("too short", r.err)
+      r = fx.cli.run({ "get", "abcdef01-2" }, fx.env)
+      assert.equal(0, r.code, r.err)
+    end)
+
     it("an unknown id: exit 1 and one line with Graph's error, no traceback", function()
       local r = fx.cli.run({ "get", "no-such-token" }, fx.env)
       assert.equal(1, r.code)

@@ -252,8 +252,55 @@ function Run:list(client)
   return M.EXIT_OK
 end
 
+-- ---- ids -------------------------------------------------------------------
+
+local GUID = "^%x%x%x%x%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%-%x%x%x%x%x%x%x%x%x%x%x%x$"
+local MIN_PREFIX = 8 -- the tables print 8 characters of an id
+
+--- The ids given, with each prefix (8 or more characters of an id, as the
+-- tables print them) made the one id it starts. A GUID goes as it is; any
+-- other argument costs one listing of the ids (for all of them): an exact
+-- id stays, a prefix of several ids, or one under 8 characters that is no
+-- id, is a usage error, and one that starts no id goes as given (Graph
+-- says whether it exists). nil, err when the listing fails.
+function Run:resolve(client, ids)
+  local out, other = {}, false
+  for i, id in ipairs(ids) do
+    out[i] = id
+    if not id:match(GUID) then other = true end
+  end
+  if not other then return out end
+  local all, err = client:list_tokens { select = "id", deadline = self:left() }
+  if not all then return nil, err end
+  local known = {}
+  for _, t in ipairs(all) do
+    if type(t.id) == "string" then known[#known + 1] = t.id end
+  end
+  for i, id in ipairs(out) do
+    local found, low, exact = {}, id:lower(), false
+    for _, k in ipairs(known) do
+      if k == id then exact = true end
+      if k:lower():sub(1, #low) == low then found[#found + 1] = k end
+    end
+    if not exact and not id:match(GUID) then
+      if #id < MIN_PREFIX then
+        usage_error(("'%s' is no token id, and too short for the start of one (at least %d characters)")
+          :format(id, MIN_PREFIX))
+      end
+      if #found > 1 then
+        table.sort(found)
+        usage_error(("'%s' is the start of %d token ids: %s"):format(id, #found, table.concat(found, ", ")))
+      end
+      if #found == 1 then out[i] = found[1] end
+    end
+  end
+  return out
+end
+
 function Run:get(client)
-  local got = client:get_many({ self.args.id }, { deadline = self:left() })[1]
+  local ids, lerr = self:resolve(client, { self.args.id })
+  if not ids then return fail(lerr) end
+  local got = client:get_many(ids, { deadline = self:left() })[1]
   local token, err = got.token, got.err
   if not token then return fail(err) end
   token = redact(token)
@@ -351,6 +398,11 @@ function Run:sync(client)
     usage_error("--state and --include-in-progress go with --all")
   end
   local rows, skipped, known = {}, {}, {}
+  if not a.all then
+    local ids, err = self:resolve(client, a.id)
+    if not ids then return fail(err) end
+    a.id = ids
+  end
   if a.all then
     local step, done = self:progress("syncing")
     local report, err = client:sync_all {
