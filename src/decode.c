@@ -187,7 +187,11 @@ static int http_error(lua_State *L, vpp_reply *r) {
         if (text != message) {
           const char *cut = strstr(text, OPERATION_MARK);
           wrapped = text;
-          message = cut ? lua_pushlstring(L, text, (size_t)(cut - text)) : text;
+          message = text;
+          if (cut) {
+            lua_pushlstring(L, text, (size_t)(cut - text)); /* void on 5.1 */
+            message = lua_tostring(L, -1);
+          }
         }
       }
     }
