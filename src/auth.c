@@ -371,10 +371,3 @@ int vpp_auth_take_provided(lua_State *L, vpp_auth *a) {
   lua_pop(L, 2);
   return 1;
 }
-
-/* Calls the client's access_token function (blocking mode: from C). */
-int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv) {
-  lua_getfield(L, uv, "access_token");
-  lua_call(L, 0, 2); /* the client is busy: the function cannot close or use it */
-  return vpp_auth_take_provided(L, a);
-}

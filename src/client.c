@@ -315,6 +315,22 @@ static void keep_result(lua_State *L, int state, int n) {
   lua_rawseti(L, state, 1);
 }
 
+/* For a single call's or a list's job: keeps nil, err when the job ended
+ * without a transfer (the err at err) or with an error reply; 1 then. */
+static int kept_failure(lua_State *L, vpp_transfer *t, int state, int err) {
+  if (!t) {
+    lua_pushnil(L);
+    lua_pushvalue(L, err);
+    keep_result(L, state, 2);
+    return 1;
+  }
+  if (!vpp_reply_ok(&t->reply)) {
+    keep_result(L, state, vpp_reply_error(L, &t->reply));
+    return 1;
+  }
+  return 0;
+}
+
 /* A single call's job ended: its token or nil, err, decoded at once (under
  * a loop the transfer serves another run before the driver looks). */
 static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
@@ -322,16 +338,7 @@ static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int 
   const char *id;
   (void)b;
   (void)j;
-  if (!t) {
-    lua_pushnil(L);
-    lua_pushvalue(L, err);
-    keep_result(L, state, 2);
-    return;
-  }
-  if (!vpp_reply_ok(&t->reply)) {
-    keep_result(L, state, vpp_reply_error(L, &t->reply));
-    return;
-  }
+  if (kept_failure(L, t, state, err)) return;
   lua_rawgeti(L, state, 3); /* the id */
   id = lua_tolstring(L, -1, &idlen);
   keep_result(L, state, vpp_decode_entity(L, &t->reply, id, idlen));
@@ -470,16 +477,7 @@ static void page_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
   const char *url = NULL;
   lua_Integer pages;
   int n;
-  if (!t) {
-    lua_pushnil(L);
-    lua_pushvalue(L, err);
-    keep_result(L, state, 2);
-    return;
-  }
-  if (!vpp_reply_ok(&t->reply)) {
-    keep_result(L, state, vpp_reply_error(L, &t->reply));
-    return;
-  }
+  if (kept_failure(L, t, state, err)) return;
   lua_getfield(L, state, "out");
   if ((n = vpp_decode_page(L, &t->reply, lua_gettop(L), &url))) {
     keep_result(L, state, n);

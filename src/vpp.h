@@ -244,7 +244,6 @@ typedef struct vpp_token_request {
 
 void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **base_url);
 int vpp_auth_cached(const vpp_auth *a, double now);
-int vpp_auth_call_provider(lua_State *L, vpp_auth *a, int uv);
 int vpp_auth_take_provided(lua_State *L, vpp_auth *a);
 int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e);
 void vpp_auth_request_free(vpp_token_request *rq);

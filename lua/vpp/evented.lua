@@ -35,7 +35,6 @@ end
 local function new_op(client, wake_at)
   return setmetatable({ client = client, wake_at = wake_at }, Op)
 end
-M.new_op = new_op
 
 -- Lua 5.1 only: the driver of each run under way, by client.  A run whose
 -- driver is dead, or is the coroutine now starting a call, was left by an
