@@ -40,6 +40,7 @@ build = {
     ["vpp.cli"] = "lua/vpp/cli.lua",
     ["vpp.cli.check"] = "lua/vpp/cli/check.lua",
     ["vpp.cli.format"] = "lua/vpp/cli/format.lua",
+    ["vpp.cli.fields"] = "lua/vpp/cli/fields.lua",
     ["vpp.cli.progress"] = "lua/vpp/cli/progress.lua",
     ["vpp.core"] = {
       sources = {

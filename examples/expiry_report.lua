@@ -7,7 +7,8 @@ local vpp = require "vpp"
 local days = tonumber(arg[1] or "60")
 local client = vpp.new_from_env { base_url = os.getenv("GRAPH_URL") }
 
-local tokens, err = client:list_tokens { select = { "id", "displayName", "state", "expirationDateTime" } }
+-- appleId names a location token on every API version (displayName is beta's).
+local tokens, err = client:list_tokens { select = { "id", "appleId", "state", "expirationDateTime" } }
 client:close() -- all that is needed is listed (on Lua 5.4, `local client <close>` also works)
 if not tokens then
   io.stderr:write(tostring(err), "\n")
@@ -22,10 +23,10 @@ local now = os.time()
 print(("Expiring within %d days:"):format(days))
 for _, t in ipairs(soon) do
   local left = (vpp.parse_time(t.expirationDateTime) - now) / 86400
-  print(("  %-24s %s  %5.1f days left  (%s)"):format(t.displayName, t.expirationDateTime:sub(1, 10), left, t.state))
+  print(("  %-24s %s  %5.1f days left  (%s)"):format(t.appleId, t.expirationDateTime:sub(1, 10), left, t.state))
 end
 local expired = vpp.filter(tokens, { expired = true })
 print(("Already expired: %d"):format(#expired))
 for _, t in ipairs(expired) do
-  print(("  %-24s %s"):format(t.displayName, t.expirationDateTime:sub(1, 10)))
+  print(("  %-24s %s"):format(t.appleId, t.expirationDateTime:sub(1, 10)))
 end

@@ -3,6 +3,7 @@
 -- and read what the server saw.  Runs inside nginx (lua-nginx-module).
 local cjson = require "cjson.safe"
 local tenant = require "tenant"
+local schema = require "schema"
 
 local M = {}
 local dict = ngx.shared.graph
@@ -155,20 +156,45 @@ local function scripted(key)
   serve_program(prog)
 end
 
-local function load_token(id)
+-- A sync's length: sync_seconds, spread over [0.5, 1.5) of it by the id,
+-- so that the tokens of one tenant do not all finish at once.
+local function sync_length(id)
+  local h = 0
+  for i = 1, #id do h = (h * 31 + id:byte(i)) % 1000003 end
+  return setting("sync_seconds") * (0.5 + (h % 1000) / 1000)
+end
+
+-- Tokens Apple refuses: their syncs end "failed".
+local unsyncable = { expired = true, invalid = true, assignedToExternalMDM = true }
+
+-- The stored token (beta's properties) with its sync's progress: in
+-- progress for its sync_length, then completed or failed, with
+-- lastSyncDateTime moved to the moment it ended.
+local function load_stored(id)
   local raw = dict:get("tok:" .. id)
   if not raw then return nil end
   local tok = cjson.decode(raw)
   local started = dict:get("sync:" .. id)
   if started then
-    tok.lastSyncDateTime = tenant.timestamp(started)
-    if ngx.now() - started < setting("sync_seconds") then
+    local ends = started + sync_length(id)
+    if ngx.now() < ends then
       tok.lastSyncStatus = "inProgress"
     else
-      tok.lastSyncStatus = dict:get("syncfail:" .. id) and "failed" or "completed"
+      tok.lastSyncDateTime = tenant.timestamp(ends)
+      tok.lastSyncStatus = (dict:get("syncfail:" .. id) or unsyncable[tok.state]) and "failed" or "completed"
     end
   end
   return tok
+end
+
+local function store(tok)
+  dict:set("tok:" .. tok.id, cjson.encode(tok))
+end
+
+-- The token as the request's API version serves it.
+local function load_token(id)
+  local tok = load_stored(id)
+  return tok and schema.project(tok, ngx.ctx.version)
 end
 
 local function context(kind)
@@ -184,12 +210,29 @@ local function query_args(query)
   return args
 end
 
--- Enough of OData $filter for ops scripts: "a eq 'x' and b eq 'y'".
+local function no_property(name)
+  return graph_error(400, "BadRequest", ("Could not find a property named '%s' on type 'microsoft.graph.vppToken'.")
+    :format(name))
+end
+
+-- Enough of OData $filter for ops scripts: "a eq 'x' and b eq true", on
+-- the version's properties, enum values checked as Graph checks them.
+-- Returns the terms, or nil and the error to send.
 local function parse_filter(s)
-  local terms = {}
+  local terms, known, enums = {}, schema.known[ngx.ctx.version], schema.enums[ngx.ctx.version]
   for clause in (s .. " and "):gmatch("(.-) and ") do
     local field, value = clause:match("^%s*([%w@.]+)%s+eq%s+'(.*)'%s*$")
-    if not field then return nil end
+    if not field then
+      field, value = clause:match("^%s*([%w@.]+)%s+eq%s+(%a+)%s*$")
+      if value ~= "true" and value ~= "false" then field = nil end
+    end
+    if not field then return nil, function() return graph_error(400, "BadRequest", "Invalid filter clause") end end
+    if not known[field] then return nil, function() return no_property(field) end end
+    if enums[field] and not enums[field][value] then
+      return nil, function()
+        return graph_error(400, "BadRequest", ("The string '%s' is not a valid enumeration type constant."):format(value))
+      end
+    end
     terms[#terms + 1] = { field, value }
   end
   return terms
@@ -202,11 +245,22 @@ local function matches(tok, terms)
   return true
 end
 
-local function select_fields(tok, sel)
-  if not sel then return tok end
+local function select_fields(tok, fields)
+  if not fields then return tok end
   local out = { id = tok.id }
-  for f in sel:gmatch("[^,]+") do out[f] = tok[f] end
+  for _, f in ipairs(fields) do out[f] = tok[f] end
   return out
+end
+
+-- $select's names, each a property of the version; or nil, the bad name.
+local function parse_select(s)
+  if not s then return {} end
+  local fields = {}
+  for f in s:gmatch("[^,]+") do
+    if not schema.known[ngx.ctx.version][f] then return nil, f end
+    fields[#fields + 1] = f
+  end
+  return fields
 end
 
 -- Graph's $skiptoken is opaque (base64 of its own state); a client must
@@ -231,29 +285,22 @@ local function next_link_base()
   return ("%s://%s%s"):format(ngx.var.scheme, ngx.var.http_host, ngx.ctx.prefix)
 end
 
-local function list_tokens(query)
+-- One page of items (from 1..count, item(i) giving the i-th or nil), with
+-- the nextLink to `path` (after the version) for the rest.
+local function send_page(path, query, count, item, kind)
   local args = query_args(query)
   local top = tonumber(args["$top"]) or setting("page_size")
-  local skip = skip_of(args["$skiptoken"])
-  local terms
-  if args["$filter"] then
-    terms = parse_filter(args["$filter"])
-    if not terms then return graph_error(400, "BadRequest", "Invalid filter clause") end
-  end
-  local count = dict:get("count") or 0
-  local page, i = {}, skip + 1
+  local page, i = {}, skip_of(args["$skiptoken"]) + 1
   while i <= count and #page < top do
-    local tok = load_token(dict:get("idx:" .. i))
-    if tok and (not terms or matches(tok, terms)) then
-      page[#page + 1] = select_fields(tok, args["$select"])
-    end
+    local v = item(i)
+    if v then page[#page + 1] = v end
     i = i + 1
   end
-  local body = { ["@odata.context"] = context("deviceAppManagement/vppTokens"), value = page }
+  local body = { ["@odata.context"] = context(kind), value = page }
   if i <= count then
     local rest = query:gsub("&?%$skiptoken=[^&]*", ""):gsub("^&", "")
-    body["@odata.nextLink"] = string.format("%s/%s/deviceAppManagement/vppTokens?%s%s$skiptoken=%s",
-      next_link_base(), ngx.ctx.version, rest, rest ~= "" and "&" or "", skiptoken(i - 1))
+    body["@odata.nextLink"] = string.format("%s/%s/%s?%s%s$skiptoken=%s",
+      next_link_base(), ngx.ctx.version, path, rest, rest ~= "" and "&" or "", skiptoken(i - 1))
   end
   if #page == 0 then
     -- cjson encodes an empty table as {}; Graph sends [].
@@ -262,13 +309,174 @@ local function list_tokens(query)
   return send(200, cjson.encode(body))
 end
 
-local function start_sync(id)
-  local tok = load_token(id)
-  if not tok then
-    return graph_error(404, "ResourceNotFound", "The requested vppToken was not found.")
+local function list_tokens(query)
+  local args = query_args(query)
+  local fields, bad = parse_select(args["$select"])
+  if not fields then return no_property(bad) end
+  local terms, problem
+  if args["$filter"] then
+    terms, problem = parse_filter(args["$filter"])
+    if not terms then return problem() end
   end
+  return send_page("deviceAppManagement/vppTokens", query, dict:get("count") or 0, function(i)
+    local tok = load_token(dict:get("idx:" .. i))
+    if tok and (not terms or matches(tok, terms)) then
+      return select_fields(tok, args["$select"] and fields)
+    end
+  end, "deviceAppManagement/vppTokens")
+end
+
+local function not_found()
+  return graph_error(404, "ResourceNotFound", "The requested vppToken was not found.")
+end
+
+-- How syncLicenses answers (setting sync_answer): "value" (the token
+-- wrapped in value, as the docs' example), "bare" (the token itself) or
+-- "none" (204 No Content); Graph has been seen to do each.
+local function start_sync(id)
+  if not dict:get("tok:" .. id) then return not_found() end
   dict:set("sync:" .. id, ngx.now())
-  return send(200, cjson.encode({ value = load_token(id) }))
+  local answer = setting("sync_answer") or "value"
+  if answer == "none" then return send(204, "") end
+  local tok = load_token(id)
+  if answer == "bare" then
+    tok["@odata.context"] = context("microsoft.graph.vppToken")
+    return send(200, cjson.encode(tok))
+  end
+  return send(200, cjson.encode({ ["@odata.context"] = context("microsoft.graph.vppToken"), value = tok }))
+end
+
+-- An action's JSON body: a table, or nil and the error sent.  Graph wants
+-- Content-Type application/json and refuses parameters it does not know.
+local function json_body(params)
+  ngx.req.read_body()
+  local raw = ngx.req.get_body_data() or ""
+  if not (ngx.var.http_content_type or ""):find("^application/json") then
+    return nil, graph_error(415, "UnsupportedMediaType",
+      "A supported MIME type could not be found that matches the content type of the response.")
+  end
+  local body = cjson.decode(raw)
+  if type(body) ~= "table" then
+    return nil, graph_error(400, "BadRequest", "The request body is not a JSON object.")
+  end
+  for k, v in pairs(body) do
+    local want = params and params[k]
+    if params and not want then
+      return nil, graph_error(400, "BadRequest",
+        ("The parameter '%s' in the request payload is not a valid parameter for the operation."):format(k))
+    end
+    if want == "boolean" and type(v) ~= "boolean" then
+      return nil, graph_error(400, "BadRequest",
+        ("Cannot convert the literal '%s' to the expected type 'Edm.Boolean'."):format(tostring(v)))
+    end
+  end
+  return body
+end
+
+local function action_result(name, extra)
+  local t = ngx.now()
+  local r = { ["@odata.type"] = "#microsoft.graph.vppTokenActionResult", actionName = name, actionState = "done",
+    startDateTime = tenant.timestamp(t), lastUpdatedDateTime = tenant.timestamp(t) }
+  for k, v in pairs(extra or {}) do r[k] = v end
+  return r
+end
+
+-- The apps' licences, as admin.licenses set them: bundle id -> list of
+-- { token = id, available = n, used = m }.
+local function licenses()
+  return cjson.decode(dict:get("licenses") or "{}")
+end
+
+-- beta revokeLicenses (api-reference/beta/api/intune-onboarding-vpptoken-revokelicenses.md):
+-- { notifyManagedDevices, revokeUntrackedLicenses } -> 204; every licence
+-- of the token is freed, and a revoke result is added to its tokenActionResults
+-- (vppTokenRevokeLicensesActionResult).
+local function revoke_licenses(id)
+  local tok = load_stored(id)
+  if not tok then return not_found() end
+  local body, sent = json_body { notifyManagedDevices = "boolean", revokeUntrackedLicenses = "boolean" }
+  if not body then return sent end
+  local all, total = licenses(), 0
+  for _, list in pairs(all) do
+    for _, l in ipairs(list) do
+      if l.token == id then
+        total = total + l.used
+        l.available, l.used = l.available + l.used, 0
+      end
+    end
+  end
+  dict:set("licenses", cjson.encode(all))
+  tok.tokenActionResults = tok.tokenActionResults or {}
+  tok.tokenActionResults[#tok.tokenActionResults + 1] = action_result("revokeLicenses", {
+    ["@odata.type"] = "#microsoft.graph.vppTokenRevokeLicensesActionResult",
+    totalLicensesCount = total, failedLicensesCount = 0, actionFailureReason = "none" })
+  store(tok)
+  return send(204, "")
+end
+
+-- beta syncLicenseCounts on the collection -> 204.
+local function sync_license_counts()
+  dict:incr("stat:license_count_syncs", 1, 0)
+  return send(204, "")
+end
+
+-- beta getLicensesForApp(bundleId='...'): the bundle id is an OData string
+-- literal (quotes doubled); a vppTokenLicenseSummary per token with
+-- licences of that app, paged like any collection.
+local function licenses_for_app(literal, query)
+  local bundle = literal:match("^'(.*)'$")
+  if not bundle or bundle:gsub("''", ""):find("'") then
+    return graph_error(400, "BadRequest", "Bad Request - Error in query syntax.")
+  end
+  bundle = bundle:gsub("''", "'")
+  local list = licenses()[bundle] or {}
+  return send_page("deviceAppManagement/vppTokens/getLicensesForApp(bundleId=" .. ngx.escape_uri(literal) .. ")",
+    query, #list, function(i)
+      local l = list[i]
+      local tok = load_stored(l.token) or {}
+      return { ["@odata.type"] = "#microsoft.graph.vppTokenLicenseSummary", vppTokenId = l.token,
+        appleId = tok.appleId, organizationName = tok.organizationName,
+        availableLicenseCount = l.available, usedLicenseCount = l.used }
+    end, "Collection(microsoft.graph.vppTokenLicenseSummary)")
+end
+
+-- PATCH: the version's writable properties; a new `token` (the renewed
+-- Apple file) makes the token valid for a year.  Answers 200 with the
+-- token (as the docs say), or 204 with setting patch_answer = "none".
+local function update_token(id)
+  local tok = load_stored(id)
+  if not tok then return not_found() end
+  local body, sent = json_body()
+  if not body then return sent end
+  for k, v in pairs(body) do
+    if k ~= "@odata.type" then
+      if not schema.known[ngx.ctx.version][k] then return no_property(k) end
+      if not schema.writable[k] then
+        return graph_error(400, "BadRequest", ("The property '%s' cannot be updated."):format(k))
+      end
+      if schema.booleans[k] and type(v) ~= "boolean" then
+        return graph_error(400, "BadRequest", ("Cannot convert the literal '%s' to the expected type 'Edm.Boolean'.")
+          :format(tostring(v)))
+      end
+      if k == "token" then
+        dict:set("renewed:" .. id, v)
+        tok.state = "valid"
+        tok.expirationDateTime = tenant.timestamp(ngx.now() + 365 * 86400)
+        v = "" -- Graph never gives the Apple token back
+      end
+      tok[k] = v
+    end
+  end
+  tok.lastModifiedDateTime = tenant.timestamp(ngx.now())
+  store(tok)
+  if setting("patch_answer") == "none" then return send(204, "") end
+  tok = load_token(id)
+  tok["@odata.context"] = context("deviceAppManagement/vppTokens/$entity")
+  return send(200, cjson.encode(tok))
+end
+
+local function allowed(method, want)
+  if method ~= want then return graph_error(405, "BadRequest", "Method not allowed") end
 end
 
 local function api(method, path, query)
@@ -280,19 +488,28 @@ local function api(method, path, query)
   if prefix then
     local id, action = rest:match("^/([^/]+)/?([^/]*)$")
     if id then id = ngx.unescape_uri(id) end
-    scripted(id or "@list")
+    local fn_arg = id and id:match("^getLicensesForApp%(bundleId=(.*)%)$")
+    scripted((id == "syncLicenseCounts" or fn_arg) and "@collection" or id or "@list")
     if rest == "" or rest == "/" then
-      if method ~= "GET" then return graph_error(405, "BadRequest", "Method not allowed") end
-      return list_tokens(query)
+      return allowed(method, "GET") or list_tokens(query)
+    elseif version == "beta" and id == "syncLicenseCounts" and action == "" then
+      return allowed(method, "POST") or sync_license_counts()
+    elseif version == "beta" and fn_arg and action == "" then
+      return allowed(method, "GET") or licenses_for_app(fn_arg, query)
     elseif id and action == "" then
-      if method ~= "GET" then return graph_error(405, "BadRequest", "Method not allowed") end
+      if method == "PATCH" then return update_token(id) end
+      if method ~= "GET" then return allowed(method, "GET") end
+      local fields, bad = parse_select(query_args(query)["$select"])
+      if not fields then return no_property(bad) end
       local tok = load_token(id)
-      if not tok then return graph_error(404, "ResourceNotFound", "The requested vppToken was not found.") end
+      if not tok then return not_found() end
+      if #fields > 0 then tok = select_fields(tok, fields) end
       tok["@odata.context"] = context("deviceAppManagement/vppTokens/$entity")
       return send(200, cjson.encode(tok))
     elseif id and action == "syncLicenses" then
-      if method ~= "POST" then return graph_error(405, "BadRequest", "Method not allowed") end
-      return start_sync(id)
+      return allowed(method, "POST") or start_sync(id)
+    elseif version == "beta" and id and action == "revokeLicenses" then
+      return allowed(method, "POST") or revoke_licenses(id)
     end
     return graph_error(400, "BadRequest", "Resource not found for the segment '" .. rest .. "'.")
   end
@@ -303,10 +520,9 @@ local function api(method, path, query)
     id = ngx.unescape_uri(id)
     scripted(id)
     if method ~= "POST" then return graph_error(405, "BadRequest", "Method not allowed") end
-    local tok = load_token(id)
-    if not tok then return graph_error(404, "ResourceNotFound", "The requested token was not found.") end
+    if not dict:get("tok:" .. id) then return graph_error(404, "ResourceNotFound", "The requested token was not found.") end
     dict:set("sync:" .. id, ngx.now())
-    tok = load_token(id)
+    local tok = load_token(id)
     -- The legacy entity names its account type differently.
     tok["@odata.type"] = "#microsoft.graph.appleVolumePurchaseProgramToken"
     tok.volumePurchaseProgramTokenAccountType, tok.vppTokenAccountType = tok.vppTokenAccountType, nil
@@ -485,6 +701,24 @@ function admin.syncfail()
   return send(200, '{"ok":true}')
 end
 
+-- The apps' licences per token: { [bundleId] = { { token, available, used }... } }.
+function admin.licenses()
+  dict:set("licenses", cjson.encode(read_json_body()))
+  return send(200, '{"ok":true}')
+end
+
+-- What the last PATCH that renewed a token sent as its `token`.
+function admin.renewed()
+  local id = read_json_body().id or ""
+  return send(200, cjson.encode({ token = dict:get("renewed:" .. id) or cjson.null }))
+end
+
+-- The stored token (beta's properties), as the specs check what a write did.
+function admin.stored()
+  local raw = dict:get("tok:" .. (read_json_body().id or ""))
+  return send(200, raw or "null")
+end
+
 -- The registered application: { tenant, client_id, client_secret,
 -- thumbprint, mi_client_id, scope, lifetime }; Graph then accepts only the
 -- tokens the fake identity platform issued.
@@ -518,6 +752,7 @@ function admin.stats()
     connections = dict:get("stat:connections") or 0,
     active = dict:get("stat:active") or 0,
     max_active = dict:get("stat:max_active") or 0,
+    license_count_syncs = dict:get("stat:license_count_syncs") or 0,
   }))
 end
 
@@ -533,6 +768,7 @@ local function record(method, raw)
     client_request_id = h["client-request-id"], user_agent = h["user-agent"],
     content_length = h["content-length"], content_type = h["content-type"],
     accept_encoding = h["accept-encoding"], injected = h["x-injected"],
+    body = method ~= "GET" and ngx.req.get_body_data() or nil,
   }))
 end
 
@@ -554,6 +790,7 @@ function M.handle()
   ngx.ctx.counted = true
   if active > (dict:get("stat:max_active") or 0) then dict:set("stat:max_active", active) end
   if dict:add("conn:" .. ngx.var.connection, true) then dict:incr("stat:connections", 1, 0) end
+  if method ~= "GET" then ngx.req.read_body() end
   record(method, raw)
 
   local latency = setting("latency")
@@ -568,6 +805,12 @@ function M.handle()
     if not expires or expires < ngx.now() then
       return graph_error(401, "InvalidAuthenticationToken", "Lifetime validation failed, the token is expired.")
     end
+  end
+  local denied = setting("forbidden")
+  if denied then
+    -- Graph's answer to an app without the permission (or its consent).
+    return graph_error(403, denied, denied == "Forbidden" and "Application is not authorized to perform this operation."
+      or "Insufficient privileges to complete the operation.")
   end
   return api(method, path, query)
 end

@@ -63,7 +63,8 @@ end
 local Server = {}
 Server.__index = Server
 
--- opts: tokens, seed, page_size, latency, sync_seconds, log (server config);
+-- opts: tokens, seed, page_size, latency, sync_seconds, log (server config;
+-- sync_answer, patch_answer, forbidden, next_link_origin are set with :config);
 -- tls = true adds an HTTPS + HTTP/2 listener.
 function M.start(opts)
   opts = opts or {}
@@ -156,6 +157,9 @@ function Server:app(registration) return self:admin("app", registration) end
 function Server:revoke() return self:admin("revoke", {}) end
 function Server:tokenlog() return self:admin("tokenlog") end
 function Server:syncfail(ids) return self:admin("syncfail", ids) end
+function Server:licenses(by_bundle) return self:admin("licenses", by_bundle) end
+function Server:renewed(id) return self:admin("renewed", { id = id }).token end
+function Server:stored(id) return self:admin("stored", { id = id }) end
 
 -- Queue responses for a token id ("@list" for the list endpoint).
 function Server:program(key, responses)

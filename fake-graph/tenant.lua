@@ -68,7 +68,7 @@ function M.generate(n, seed, now)
       lastModifiedDateTime = M.timestamp(synced - 3600),
       state = state,
       tokenActionResults = { {
-        ["@odata.type"] = "microsoft.graph.vppTokenActionResult",
+        ["@odata.type"] = "#microsoft.graph.vppTokenActionResult",
         actionName = "syncLicenses", actionState = "done",
         startDateTime = M.timestamp(synced), lastUpdatedDateTime = M.timestamp(synced + 42),
       } },
@@ -80,6 +80,8 @@ function M.generate(n, seed, now)
       locationName = city .. " campus",
       claimTokenManagementFromExternalMdm = false,
       roleScopeTagIds = { "0" },
+      lastAppCount = (i * 7) % 41, -- not from rand: the ids stay as before
+      appleDeviceAppDeliveryProtocolType = "mobileDeviceManagement",
     }
   end
   return tokens

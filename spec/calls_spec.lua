@@ -81,8 +81,8 @@ describe("Graph calls", function()
     end
     local first = server:log()[1].uri
     assert.equal("/v1.0/deviceAppManagement/vppTokens?$select=id,state&$top=1&$filter=state%20eq%20%27valid%27", first)
-    assert(client:list_tokens { select = "displayName" })
-    assert.equal("/v1.0/deviceAppManagement/vppTokens?$select=displayName", server:log()[1].uri)
+    assert(client:list_tokens { select = "appleId" })
+    assert.equal("/v1.0/deviceAppManagement/vppTokens?$select=appleId", server:log()[1].uri)
   end)
 
   it("returns an empty list for an empty tenant", function()

@@ -147,30 +147,51 @@ describe("vpp check", function()
     assert.is_true(left > 19.9 and left <= 20, r.out)
   end)
 
-  it("--format prometheus writes per-token gauges labelled by id and display name", function()
-    local expires = os.time() + 100 * 86400
-    fx.server:tokens {
-      tok { id = "a", displayName = 'Oslo "HQ" \\ north', expires_in_days = 100 },
-      tok { id = "b", state = "expired", lastSyncStatus = "failed", expires_in_days = -1 },
-    }
-    local r = fx.cli.run({ "check", "--format", "prometheus" }, fx.env)
-    assert.equal(2, r.code)
-    assert.matches("^# VPP CRITICAL %- ", r.out)
-    local samples = check_prometheus(r.out)
+  local function samples_by_labels(out)
     local by = {}
-    for _, s in ipairs(samples) do
+    for _, s in ipairs(check_prometheus(out)) do
       by[s.name] = by[s.name] or {}
       by[s.name][s.labels] = s.value
     end
-    local a = 'id="a",display_name="Oslo \\"HQ\\" \\\\ north"'
+    return by
+  end
+
+  it("--format prometheus writes per-token gauges labelled by id, display name and Apple id", function()
+    local expires = os.time() + 100 * 86400
+    fx.server:tokens {
+      tok { id = "a", displayName = 'Oslo "HQ" \\ north', appleId = "a@example.com", expires_in_days = 100 },
+      tok { id = "b", state = "expired", lastSyncStatus = "failed", appleId = "b@example.com", expires_in_days = -1 },
+    }
+    local r = fx.cli.run({ "check", "--format", "prometheus", "--api-version", "beta" }, fx.env)
+    assert.equal(2, r.code)
+    assert.matches("^# VPP CRITICAL %- ", r.out)
+    local by = samples_by_labels(r.out)
+    local a = 'id="a",display_name="Oslo \\"HQ\\" \\\\ north",apple_id="a@example.com"'
+    local b = 'id="b",display_name="b",apple_id="b@example.com"'
     assert.is_true(math.abs(by.vpp_token_expiry_timestamp_seconds["{" .. a .. "}"] - expires) < 5)
     assert.truthy(by.vpp_token_last_sync_timestamp_seconds["{" .. a .. "}"])
     assert.equal(1, by.vpp_token_state["{" .. a .. ',state="valid"}'])
     assert.equal(0, by.vpp_token_state["{" .. a .. ',state="expired"}'])
-    assert.equal(1, by.vpp_token_state['{id="b",display_name="b",state="expired"}'])
-    assert.equal(1, by.vpp_token_last_sync_status['{id="b",display_name="b",status="failed"}'])
-    assert.equal(0, by.vpp_token_last_sync_status['{id="b",display_name="b",status="completed"}'])
+    assert.equal(1, by.vpp_token_state["{" .. b .. ',state="expired"}'])
+    assert.equal(1, by.vpp_token_last_sync_status["{" .. b .. ',status="failed"}'])
+    assert.equal(0, by.vpp_token_last_sync_status["{" .. b .. ',status="completed"}'])
     assert.equal(1, by.vpp_graph_up[""])
+  end)
+
+  it("on v1.0 (no displayName there) the series differ by apple_id, and text lines name tokens by Apple id", function()
+    fx.server:tokens {
+      tok { id = "a", displayName = "beta only", appleId = "a@example.com", state = "expired", expires_in_days = -1 },
+      tok { id = "b", displayName = "beta only", appleId = "b@example.com", state = "expired", expires_in_days = -1 },
+    }
+    local r = fx.cli.run({ "check", "--format", "prometheus" }, fx.env)
+    assert.equal(2, r.code)
+    local by = samples_by_labels(r.out)
+    assert.equal(1, by.vpp_token_state['{id="a",display_name="",apple_id="a@example.com",state="expired"}'])
+    assert.equal(1, by.vpp_token_state['{id="b",display_name="",apple_id="b@example.com",state="expired"}'])
+    assert.falsy(r.out:find("beta only", 1, true))
+    r = fx.cli.run({ "check" }, fx.env)
+    assert.truthy(r.out:find("a@example.com", 1, true), r.out)
+    assert.truthy(r.out:find("b@example.com", 1, true), r.out)
   end)
 
   it("UNKNOWN (3) when Graph cannot be asked, in every format", function()

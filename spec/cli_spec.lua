@@ -4,6 +4,7 @@
 local support = require "support"
 local cjson = require "cjson"
 local vpp = require "vpp"
+local fields = require "vpp.cli.fields"
 
 -- RFC 4180, enough for the command's output: quoted fields with "" inside.
 local function parse_csv(text)
@@ -50,9 +51,9 @@ describe("the vpp command", function()
   teardown(fx.stop)
   before_each(fx.fresh)
 
-  local function library_list()
-    local c = support.client(fx.server)
-    local list = assert(c:list_tokens())
+  local function library_list(query, opts)
+    local c = support.client(fx.server, opts)
+    local list = assert(c:list_tokens(query))
     c:close()
     return list
   end
@@ -84,15 +85,17 @@ describe("the vpp command", function()
         assert.equal(t.id:sub(1, 8), l[i + 1]:sub(1, 8))
         assert.equal(t.state, l[i + 1]:sub(at):match("^(%S+)"))
       end
-      assert.matches("^30 tokens: %d+ valid", l[#l])
+      assert.matches("^30 tokens: .*%d+ valid", l[#l])
       assert.falsy(r.out:find("\27", 1, true), "escape codes when not on a terminal")
     end)
 
-    it("--format json prints the tokens as Graph returned them", function()
-      local r = fx.cli.run({ "list", "--format", "json" }, fx.env)
+    it("--format json prints the tokens as Graph returned them, every property but token", function()
+      local r = fx.cli.run({ "list", "--format", "json", "--api-version", "beta" }, fx.env)
       assert.equal(0, r.code, r.err)
       local printed = cjson.decode(r.out)
-      local all = library_list()
+      local all = library_list({ select = fields.select("beta", "json") }, { api_version = "beta" })
+      assert.is_nil(printed[1].token)
+      assert.is_number(printed[1].lastAppCount)
       assert.equal(#all, #printed)
       for i, t in ipairs(all) do
         for k, v in pairs(t) do
@@ -109,7 +112,7 @@ describe("the vpp command", function()
       local r = fx.cli.run({ "list", "--format", "json", "--state", "unknown" }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.equal("[]\n", r.out)
-      r = fx.cli.run({ "list", "--format", "json" }, fx.env)
+      r = fx.cli.run({ "list", "--format", "json", "--api-version", "beta" }, fx.env)
       assert.matches('"roleScopeTagIds": %[%]', r.out)
     end)
 
@@ -118,7 +121,7 @@ describe("the vpp command", function()
         support.vpp_token { id = "t-1", displayName = 'Oslo, "North" campus' },
         support.vpp_token { id = "t-2", displayName = "Line\nbreak", state = "expired" },
       }
-      local r = fx.cli.run({ "list", "--format", "csv" }, fx.env)
+      local r = fx.cli.run({ "list", "--format", "csv", "--api-version", "beta" }, fx.env)
       assert.equal(0, r.code, r.err)
       local rows = parse_csv(r.out)
       assert.same({ "id", "displayName", "organizationName", "appleId", "vppTokenAccountType", "state",
@@ -167,11 +170,11 @@ describe("the vpp command", function()
       assert.equal(0, r.code, r.err)
       local printed = cjson.decode(r.out)
       assert.equal(t.id, printed.id)
-      assert.equal(t.displayName, printed.displayName)
+      assert.equal(t.appleId, printed.appleId)
       r = fx.cli.run({ "get", t.id }, fx.env)
       assert.equal(0, r.code, r.err)
       assert.matches("^PROPERTY%s+VALUE\n", r.out)
-      assert.matches("\ndisplayName%s+" .. t.displayName:gsub("%p", "%%%0") .. "\n", r.out)
+      assert.matches("\nappleId%s+" .. t.appleId:gsub("%p", "%%%0") .. "\n", r.out)
       r = fx.cli.run({ "get", t.id, "--format", "csv" }, fx.env)
       local rows = parse_csv(r.out)
       assert.equal(2, #rows)
@@ -282,7 +285,7 @@ describe("the vpp command", function()
     end)
 
     it("--wait waits for the syncs to complete", function()
-      local all = library_list()
+      local all = vpp.filter(library_list(), { state = "valid" })
       local r = fx.cli.run({ "sync", all[1].id, all[2].id, "--wait", "--wait-interval", "0.2", "--format", "json" }, fx.env)
       assert.equal(0, r.code, r.err)
       for _, p in ipairs(cjson.decode(r.out)) do
@@ -453,7 +456,7 @@ describe("the vpp command", function()
       assert.is_true(ok, out)
       local soon = vpp.filter(library_list(), { expires_within = 60 * 86400 })
       assert.matches("Expiring within 60 days:", out)
-      for _, t in ipairs(soon) do assert.truthy(out:find(t.displayName, 1, true), t.displayName) end
+      for _, t in ipairs(soon) do assert.truthy(out:find(t.appleId, 1, true), t.appleId) end
     end)
   end)
 end)

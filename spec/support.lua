@@ -161,7 +161,7 @@ function M.install_cli()
   --- Runs `vpp args...` in a clean environment (only env's variables, no
   -- LUA_PATH: the installed command must find its own modules).  With
   -- opts.pty, under a pseudo-terminal (util-linux script), where stdout
-  -- and stderr arrive together in out.  With opts.signal ("INT", "TERM"),
+  -- and stderr arrive together in out, and opts.input is typed.  With opts.signal ("INT", "TERM"),
   -- that signal is sent after opts.after seconds.  Returns { code, out, err }.
   function cli.run(args, env, opts)
     local words = {}
@@ -172,8 +172,10 @@ function M.install_cli()
     local out, err = os.tmpname(), os.tmpname()
     local line
     if opts and opts.pty then
-      line = ("cd /tmp && env -i %s script -qec %s /dev/null </dev/null >%s 2>%s"):format(
-        table.concat(vars, " "), quote(command), out, err)
+      -- opts.input: what is typed on that terminal.
+      local stdin = opts.input and ("printf %%s %s |"):format(quote(opts.input)) or ""
+      line = ("cd /tmp && %s env -i %s script -qec %s /dev/null %s >%s 2>%s"):format(stdin,
+        table.concat(vars, " "), quote(command), opts.input and "" or "</dev/null", out, err)
     else
       line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
     end

@@ -2,6 +2,7 @@
  * per id on the engine, results in input order, on_result as each ends. */
 #include <math.h>
 #include <string.h>
+#include <time.h>
 
 #include "vpp.h"
 
@@ -41,6 +42,15 @@ static void many_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
   lua_setfield(L, -2, "id");
   lua_pushinteger(L, b->jobs[j].attempts);
   lua_setfield(L, -2, "attempts");
+  if (t && t->reply.date[0]) {
+    /* Graph's clock when it answered: what wait_for_sync's since compares
+     * with Graph's timestamps, whatever this machine's clock says. */
+    time_t when = curl_getdate(t->reply.date, NULL);
+    if (when > 0) {
+      lua_pushnumber(L, (lua_Number)when);
+      lua_setfield(L, -2, "date");
+    }
+  }
   lua_rawseti(L, results, j + 1);
   lua_getfield(L, results, ok ? "ok" : "failed");
   lua_pushinteger(L, lua_tointeger(L, -1) + 1);

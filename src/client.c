@@ -259,18 +259,37 @@ static const char *action_url(lua_State *L, const vpp_client *c, vpp_action acti
                               size_t cap) {
   const char *seg[2] = {"", ""}, *version = c->api_version, *path;
   size_t len[2] = {0, 0}, need;
-  if (action == VPP_SYNC_APPS) {
+  switch (action) {
+  case VPP_SYNC_APPS:
     /* The legacy action exists only under /beta, whatever api_version says. */
     version = "beta";
     path = "/organization/%/appleVolumePurchaseProgramTokens/%/syncApps";
     seg[0] = lua_tolstring(L, org_idx, &len[0]);
-    seg[1] = lua_tolstring(L, id_idx, &len[1]);
-  } else if (action == VPP_LIST_TOKENS) {
+    break;
+  case VPP_LIST_TOKENS:
     path = "/deviceAppManagement/vppTokens";
-  } else {
-    path =
-        action == VPP_GET_TOKEN ? "/deviceAppManagement/vppTokens/%" : "/deviceAppManagement/vppTokens/%/syncLicenses";
-    seg[0] = lua_tolstring(L, id_idx, &len[0]);
+    break;
+  case VPP_SYNC_LICENSE_COUNTS: /* beta only, like the two below */
+    version = "beta";
+    path = "/deviceAppManagement/vppTokens/syncLicenseCounts";
+    break;
+  case VPP_LICENSES_FOR_APP: /* id_idx: the bundle id, its quotes doubled */
+    version = "beta";
+    path = "/deviceAppManagement/vppTokens/getLicensesForApp(bundleId='%')";
+    break;
+  case VPP_REVOKE_LICENSES:
+    version = "beta";
+    path = "/deviceAppManagement/vppTokens/%/revokeLicenses";
+    break;
+  case VPP_SYNC_LICENSES:
+    path = "/deviceAppManagement/vppTokens/%/syncLicenses";
+    break;
+  default: /* get, update */
+    path = "/deviceAppManagement/vppTokens/%";
+  }
+  if (id_idx) {
+    int k = action == VPP_SYNC_APPS;
+    seg[k] = lua_tolstring(L, id_idx, &len[k]);
   }
   need = build_url(c, version, path, seg, len, out, cap);
   if (need > cap) {
@@ -344,20 +363,58 @@ static void one_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int 
   keep_result(L, state, vpp_decode_entity(L, &t->reply, id, idlen));
 }
 
-/* Performs one call on a token: the token or nil, err.  Blocking, the
- * client's one single-call run serves every call (calls are one at a
- * time), with the URL in C memory: nothing to allocate but the answer. */
-static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx) {
+/* A call that answers with nothing to show (204): true. */
+static void done_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
+  (void)b;
+  (void)j;
+  if (kept_failure(L, t, state, err)) return;
+  lua_pushboolean(L, 1);
+  keep_result(L, state, 1);
+}
+
+/* A PATCH ended: the token Graph sent back, or, when it answered 204, the
+ * same job again as a GET that reads it back. */
+static void patch_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int state, int err) {
+  if (t && b->method && vpp_reply_ok(&t->reply) && (t->reply.status == 204 || t->reply.body.len == 0)) {
+    b->method = NULL;
+    b->post = b->has_body = 0;
+    b->permission = VPP_NEEDS_CONFIG_READ;
+    vpp_run_requeue(b, j);
+    return;
+  }
+  one_deliver(L, b, j, t, state, err);
+}
+
+/* How a single call goes: a write or not, its method, the permission it
+ * needs, and what its answer becomes. */
+typedef struct call_kind {
+  int post;
+  const char *method;
+  int permission;
+  vpp_deliver_fn deliver;
+} call_kind;
+
+static const call_kind read_call = {0, NULL, VPP_NEEDS_APPS_READ, one_deliver};
+static const call_kind sync_call = {1, NULL, VPP_NEEDS_APPS_WRITE, one_deliver};
+static const call_kind config_call = {1, NULL, VPP_NEEDS_CONFIG_WRITE, done_deliver};
+static const call_kind patch_call = {1, "PATCH", VPP_NEEDS_CONFIG_WRITE, patch_deliver};
+
+/* Performs one call on a token (id_idx, or none: 0) with the JSON body at
+ * body_idx (or none: 0): the token, true, or nil, err.  Blocking, the
+ * client's one single-call run serves every call without a body (calls
+ * are one at a time), with the URL in C memory: nothing to allocate but
+ * the answer.  A body gets a run of its own, which nothing keeps. */
+static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_idx, int id_idx, const call_kind *k,
+                      int body_idx) {
   char buf[512];
   const char *url = action_url(L, c, action, org_idx, id_idx, buf, sizeof buf);
-  int post = action != VPP_GET_TOKEN;
   vpp_batch *b;
-  if (c->evented) {
+  if (c->evented || body_idx) {
     lua_pushstring(L, url);
     lua_createtable(L, 1, 0);
     lua_insert(L, -2);
     lua_rawseti(L, -2, 1);
-    b = vpp_run_new(L, 1, 1, post, 1, one_deliver);
+    b = vpp_run_new(L, 1, 1, k->post, 1, k->deliver);
     lua_insert(L, -2);
     lua_setfield(L, -2, "urls");
   } else {
@@ -365,21 +422,31 @@ static int token_call(lua_State *L, vpp_client *c, vpp_action action, int org_id
     lua_rawgeti(L, -1, 1); /* uv[1]: the single-call run's state */
     if (lua_isnil(L, -1)) {
       lua_pop(L, 1);
-      b = vpp_run_new(L, 1, 1, post, 1, one_deliver);
+      b = vpp_run_new(L, 1, 1, k->post, 1, k->deliver);
       lua_pushvalue(L, -1);
       lua_rawseti(L, -3, 1);
       c->single = b; /* only once it is anchored: the store may raise */
     }
     lua_remove(L, -2);
     b = c->single;
-    vpp_run_reset(b, post, 1, one_deliver);
+    vpp_run_reset(b, k->post, 1, k->deliver);
     b->url = url;
     lua_pushnil(L);
     lua_rawseti(L, -2, 1);
     lua_pushnil(L);
     lua_rawseti(L, -2, 2);
   }
-  lua_pushvalue(L, id_idx);
+  b->method = k->method;
+  b->permission = k->permission;
+  if (body_idx) {
+    lua_pushvalue(L, body_idx);
+    lua_setfield(L, -2, "body");
+    b->has_body = 1;
+  }
+  if (id_idx)
+    lua_pushvalue(L, id_idx);
+  else
+    lua_pushnil(L);
   lua_rawseti(L, -2, 3);
   return vpp_client_run(L, c, 1, b);
 }
@@ -388,7 +455,7 @@ static int do_sync_licenses(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  return token_call(L, c, VPP_SYNC_LICENSES, 0, 2);
+  return token_call(L, c, VPP_SYNC_LICENSES, 0, 2, &sync_call, 0);
 }
 
 static int do_sync_apps(lua_State *L) {
@@ -396,14 +463,67 @@ static int do_sync_apps(lua_State *L) {
   size_t n;
   check_id(L, 2, "organization_id", &n);
   check_id(L, 3, "token_id", &n);
-  return token_call(L, c, VPP_SYNC_APPS, 2, 3);
+  return token_call(L, c, VPP_SYNC_APPS, 2, 3, &sync_call, 0);
 }
 
 static int do_get_token(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   size_t n;
   check_id(L, 2, "token_id", &n);
-  return token_call(L, c, VPP_GET_TOKEN, 0, 2);
+  return token_call(L, c, VPP_GET_TOKEN, 0, 2, &read_call, 0);
+}
+
+/* The boolean option name of the table at t: 0 when absent. */
+static int flag_option(lua_State *L, int t, const char *name) {
+  int v;
+  lua_getfield(L, t, name);
+  if (!lua_isnil(L, -1) && !lua_isboolean(L, -1)) luaL_error(L, "vpp: opts.%s must be a boolean", name);
+  v = lua_toboolean(L, -1);
+  lua_pop(L, 1);
+  return v;
+}
+
+/* client:revoke_licenses(id [, { notify_managed_devices, revoke_untracked_licenses }]):
+ * true (Graph answers 204). */
+static int do_revoke_licenses(lua_State *L) {
+  static const char *const keys[] = {"notify_managed_devices", "revoke_untracked_licenses", NULL};
+  vpp_client *c = vpp_client_check(L, 1);
+  int notify = 0, untracked = 0;
+  size_t n;
+  check_id(L, 2, "token_id", &n);
+  check_opts(L, 3);
+  lua_settop(L, 3);
+  if (lua_istable(L, 3)) {
+    vpp_check_keys(L, 3, keys, "option", " (expected notify_managed_devices or revoke_untracked_licenses)");
+    notify = flag_option(L, 3, "notify_managed_devices");
+    untracked = flag_option(L, 3, "revoke_untracked_licenses");
+  }
+  lua_pushfstring(L, "{\"notifyManagedDevices\":%s,\"revokeUntrackedLicenses\":%s}", notify ? "true" : "false",
+                  untracked ? "true" : "false"); /* 4 */
+  return token_call(L, c, VPP_REVOKE_LICENSES, 0, 2, &config_call, 4);
+}
+
+/* client:sync_license_counts(): true (204). */
+static int do_sync_license_counts(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  lua_settop(L, 1);
+  return token_call(L, c, VPP_SYNC_LICENSE_COUNTS, 0, 0, &config_call, 0);
+}
+
+/* client:update_token(id, fields): fields are Graph's property names and
+ * values, sent as given (JSON by lua-cjson); the token Graph has then. */
+static int do_update_token(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  size_t n;
+  check_id(L, 2, "token_id", &n);
+  if (!lua_istable(L, 3))
+    luaL_argerror(L, 3, lua_pushfstring(L, "fields must be a table, got %s", luaL_typename(L, 3)));
+  lua_settop(L, 3);
+  lua_pushnil(L);
+  if (!lua_next(L, 3)) luaL_argerror(L, 3, "fields must name at least one property");
+  lua_settop(L, 3);
+  vpp_json_push_encoded(L, 3); /* 4 */
+  return token_call(L, c, VPP_UPDATE_TOKEN, 0, 2, &patch_call, 4);
 }
 
 static void push_encoded(lua_State *L, int idx) {
@@ -530,11 +650,31 @@ static void page_deliver(lua_State *L, vpp_batch *b, int j, vpp_transfer *t, int
   vpp_run_requeue(b, j);
 }
 
+/* Runs the list at url_idx (every page): its items, or nil, err. */
+static int list_run(lua_State *L, vpp_client *c, int url_idx, double deadline, int permission) {
+  int state;
+  vpp_batch *b = vpp_run_new(L, 1, 1, 0, 1, page_deliver);
+  state = lua_gettop(L);
+  b->deadline_at = deadline;
+  b->permission = permission;
+  lua_createtable(L, 1, 0);
+  lua_pushvalue(L, url_idx);
+  lua_rawseti(L, -2, 1);
+  lua_setfield(L, state, "urls");
+  lua_newtable(L);
+  lua_setfield(L, state, "out");
+  lua_createtable(L, 0, 1);
+  lua_pushvalue(L, url_idx);
+  lua_pushboolean(L, 1);
+  lua_rawset(L, -3);
+  lua_setfield(L, state, "seen");
+  return vpp_client_run(L, c, 1, b);
+}
+
 /* client:list_tokens([query]): every page. */
 static int do_list_tokens(lua_State *L) {
   vpp_client *c = vpp_client_check(L, 1);
   double deadline = HUGE_VAL;
-  vpp_batch *b;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
@@ -544,59 +684,94 @@ static int do_list_tokens(lua_State *L) {
     push_query(L, 2);
     lua_concat(L, 2);
   }
-  b = vpp_run_new(L, 1, 1, 0, 1, page_deliver); /* 4 */
-  b->deadline_at = deadline;
-  lua_createtable(L, 1, 0);
-  lua_pushvalue(L, 3);
-  lua_rawseti(L, -2, 1);
-  lua_setfield(L, 4, "urls");
-  lua_newtable(L);
-  lua_setfield(L, 4, "out");
-  lua_createtable(L, 0, 1);
-  lua_pushvalue(L, 3);
-  lua_pushboolean(L, 1);
-  lua_rawset(L, -3);
-  lua_setfield(L, 4, "seen");
-  return vpp_client_run(L, c, 1, b);
+  return list_run(L, c, 3, deadline, VPP_NEEDS_APPS_READ);
+}
+
+/* client:licenses_for_app(bundle_id [, { deadline }]): Graph's license
+ * summaries (every page).  The bundle id goes as an OData string literal:
+ * its quotes doubled, then percent-encoded with the rest. */
+static int do_licenses_for_app(lua_State *L) {
+  static const char *const keys[] = {"deadline", NULL};
+  vpp_client *c = vpp_client_check(L, 1);
+  double deadline = HUGE_VAL;
+  luaL_Buffer lit;
+  size_t n, i;
+  const char *bundle = check_id(L, 2, "bundle_id", &n);
+  check_opts(L, 3);
+  lua_settop(L, 3);
+  if (lua_istable(L, 3)) {
+    vpp_check_keys(L, 3, keys, "option", " (expected deadline)");
+    deadline = vpp_deadline_option(L, 3, "opts.deadline");
+  }
+  luaL_buffinit(L, &lit);
+  for (i = 0; i < n; i++) {
+    if (bundle[i] == '\'') luaL_addchar(&lit, '\'');
+    luaL_addchar(&lit, bundle[i]);
+  }
+  luaL_pushresult(&lit);                                        /* 4 */
+  vpp_client_push_action_url(L, c, VPP_LICENSES_FOR_APP, 0, 4); /* 5 */
+  return list_run(L, c, 5, deadline, VPP_NEEDS_CONFIG_READ);
 }
 
 /* ---- module-level shortcuts: a client for one call, closed after it ---- */
 
-static int one_shot(lua_State *L, int nids, lua_CFunction call) {
-  int opts = nids + 1, n, i;
+/* vpp.X(args..., opts): the method X on a client made from opts, closed
+ * after it.  names: the string arguments first, checked here so that an
+ * error names the caller's position. */
+static int one_shot(lua_State *L, int nargs, const char *const *names, lua_CFunction call) {
+  int opts = nargs + 1, n, i;
   size_t len;
-  for (i = 1; i <= nids; i++) check_id(L, i, (nids == 2 && i == 1) ? "organization_id" : "token_id", &len);
+  for (i = 1; names && names[i - 1]; i++) check_id(L, i, names[i - 1], &len);
   check_opts(L, opts);
   lua_settop(L, opts);
   lua_pushcfunction(L, client_new);
   lua_pushvalue(L, opts);
   lua_call(L, 1, 1);
-  lua_insert(L, 1); /* client, ids..., opts: the method's own layout */
+  lua_insert(L, 1); /* client, args..., opts: the method's own layout */
   if (((vpp_client *)lua_touserdata(L, 1))->evented) {
     client_release(lua_touserdata(L, 1));
     return luaL_error(L, "vpp: opts.loop: the module-level calls block; make a client with vpp.new for a loop");
   }
+  lua_settop(L, nargs + 1); /* the method takes no opts of the client's */
   n = call(L);
   client_release(lua_touserdata(L, 1)); /* not busy: the call has returned */
   return n;
 }
 
-static int mod_sync_licenses(lua_State *L) { return one_shot(L, 1, do_sync_licenses); }
-static int mod_sync_apps(lua_State *L) { return one_shot(L, 2, do_sync_apps); }
+static const char *const token_arg[] = {"token_id", NULL};
+static const char *const sync_apps_args[] = {"organization_id", "token_id", NULL};
+static const char *const bundle_arg[] = {"bundle_id", NULL};
+
+static int mod_sync_licenses(lua_State *L) { return one_shot(L, 1, token_arg, do_sync_licenses); }
+static int mod_sync_apps(lua_State *L) { return one_shot(L, 2, sync_apps_args, do_sync_apps); }
+static int mod_revoke_licenses(lua_State *L) { return one_shot(L, 2, token_arg, do_revoke_licenses); }
+static int mod_sync_license_counts(lua_State *L) { return one_shot(L, 0, NULL, do_sync_license_counts); }
+static int mod_licenses_for_app(lua_State *L) { return one_shot(L, 1, bundle_arg, do_licenses_for_app); }
+static int mod_update_token(lua_State *L) { return one_shot(L, 2, token_arg, do_update_token); }
 
 int vpp_client_open_lib(lua_State *L) {
   static const luaL_Reg methods[] = {{"sync_licenses", do_sync_licenses},
                                      {"sync_apps", do_sync_apps},
                                      {"get_token", do_get_token},
                                      {"list_tokens", do_list_tokens},
+                                     {"revoke_licenses", do_revoke_licenses},
+                                     {"sync_license_counts", do_sync_license_counts},
+                                     {"licenses_for_app", do_licenses_for_app},
+                                     {"update_token", do_update_token},
                                      {"config", client_config},
                                      {"cancel", client_cancel},
                                      {"close", client_close},
                                      {NULL, NULL}};
   static const luaL_Reg meta[] = {
       {"__gc", client_gc}, {"__close", client_close}, {"__tostring", client_tostring}, {NULL, NULL}};
-  static const luaL_Reg fns[] = {
-      {"new", client_new}, {"sync_licenses", mod_sync_licenses}, {"sync_apps", mod_sync_apps}, {NULL, NULL}};
+  static const luaL_Reg fns[] = {{"new", client_new},
+                                 {"sync_licenses", mod_sync_licenses},
+                                 {"sync_apps", mod_sync_apps},
+                                 {"revoke_licenses", mod_revoke_licenses},
+                                 {"sync_license_counts", mod_sync_license_counts},
+                                 {"licenses_for_app", mod_licenses_for_app},
+                                 {"update_token", mod_update_token},
+                                 {NULL, NULL}};
   /* Loaded again (package.loaded cleared), the module keeps the tables it
    * made the first time: the Lua layer's methods are in them. */
   if (luaL_newmetatable(L, VPP_CLIENT_MT)) {

@@ -13,8 +13,22 @@ void vpp_decode_setup(lua_State *L) {
   lua_call(L, 1, 1);
   lua_getfield(L, -1, "null");
   lua_setfield(L, LUA_REGISTRYINDEX, VPP_NULL_KEY);
+  lua_getfield(L, -1, "encode");
+  lua_setfield(L, LUA_REGISTRYINDEX, VPP_ENCODE_KEY);
   lua_pop(L, 1);
   vpp_json_setup(L);
+}
+
+/* Pushes the table argument at idx as JSON, by lua-cjson's encode (what
+ * a request body sends); raises naming the argument when it cannot be. */
+void vpp_json_push_encoded(lua_State *L, int idx) {
+  idx = lua_absindex(L, idx);
+  lua_getfield(L, LUA_REGISTRYINDEX, VPP_ENCODE_KEY);
+  lua_pushvalue(L, idx);
+  if (lua_pcall(L, 1, 1, 0) != LUA_OK || lua_type(L, -1) != LUA_TSTRING) {
+    const char *why = lua_tostring(L, -1);
+    luaL_argerror(L, idx, lua_pushfstring(L, "fields cannot be sent as JSON (%s)", why ? why : "?"));
+  }
 }
 
 static int is_object(lua_State *L, int idx) { return lua_type(L, idx) == LUA_TTABLE && lua_rawlen(L, idx) == 0; }
@@ -150,14 +164,20 @@ static void keep_id(lua_State *L, const char *text, const char *mark, const char
   lua_setfield(L, -2, field);
 }
 
-/* The least-privileged application permission each kind of call needs
- * (Graph's pages for vppToken list, get and syncLicenses), for err.hint
- * on a 403: [0] reads, [1] writes. */
-static const char *const permission_hint[2] = {
+/* The least-privileged application permission of each call, for err.hint
+ * on a 403, indexed by VPP_NEEDS_... (Graph's pages: vppToken list, get and
+ * syncLicenses take DeviceManagementApps or DeviceManagementServiceConfig;
+ * revokeLicenses, syncLicenseCounts, getLicensesForApp and update only the
+ * latter). */
+static const char *const permission_hint[] = {
     "the application needs the Microsoft Graph application permission DeviceManagementApps.Read.All (or "
     "DeviceManagementServiceConfig.Read.All), with admin consent granted",
     "the application needs the Microsoft Graph application permission DeviceManagementApps.ReadWrite.All (or "
-    "DeviceManagementServiceConfig.ReadWrite.All), with admin consent granted"};
+    "DeviceManagementServiceConfig.ReadWrite.All), with admin consent granted",
+    "the application needs the Microsoft Graph application permission DeviceManagementServiceConfig.Read.All, "
+    "with admin consent granted",
+    "the application needs the Microsoft Graph application permission DeviceManagementServiceConfig.ReadWrite.All, "
+    "with admin consent granted"};
 
 /* A non-2xx answer: an "http" error carrying Graph's error.code and message
  * (Intune's own inside it unwrapped: its text, operation and activity
@@ -208,7 +228,7 @@ static int http_error(lua_State *L, vpp_reply *r) {
     lua_setfield(L, -2, "date");
   }
   if (r->status == 403) {
-    lua_pushstring(L, permission_hint[r->post != 0]);
+    lua_pushstring(L, permission_hint[r->permission]);
     lua_setfield(L, -2, "hint");
   }
   /* Move nil, err below the scratch values, then drop those. */

@@ -424,6 +424,16 @@ static void start_job(lua_State *L, vpp_batch *b, int j, const char *token, size
   }
   memset(&rq, 0, sizeof rq);
   rq.post = b->post;
+  rq.method = b->method;
+  rq.permission = b->permission;
+  if (b->has_body) {
+    static const char *const json[] = {"Content-Type: application/json", NULL};
+    push_state(L, b);
+    lua_getfield(L, -1, "body");
+    rq.body = lua_tolstring(L, -1, &rq.body_len); /* anchored by the state table */
+    rq.headers = json;
+    lua_pop(L, 2);
+  }
   if (b->url) {
     rq.url = b->url;
   } else {
@@ -735,6 +745,7 @@ void vpp_run_reset(vpp_batch *b, int post, int concurrency, vpp_deliver_fn deliv
   b->waiting = waiting;
   b->n = n;
   b->post = post;
+  b->permission = post ? VPP_NEEDS_APPS_WRITE : VPP_NEEDS_APPS_READ;
   b->concurrency = concurrency;
   b->deliver = deliver;
   b->deadline_at = HUGE_VAL;

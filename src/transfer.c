@@ -49,9 +49,11 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   size_t n = size * nmemb;
   if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
     /* A new response (after a redirect or a 100): forget the last one's. */
-    r->request_id[0] = r->retry_after[0] = '\0';
+    r->request_id[0] = r->retry_after[0] = r->date[0] = '\0';
     r->body.len = 0;
-  } else if (n > 11 && (data[0] | 0x20) == 'r') { /* the two we read start so */
+  } else if (n > 5 && (data[0] | 0x20) == 'd') {
+    if (header_is(data, n, "date", 4)) copy_header_value(r->date, sizeof r->date, data + 5, n - 5);
+  } else if (n > 11 && (data[0] | 0x20) == 'r') { /* request-id, retry-after */
     if (header_is(data, n, "request-id", 10))
       copy_header_value(r->request_id, sizeof r->request_id, data + 11, n - 11);
     else if (header_is(data, n, "retry-after", 11))
@@ -204,7 +206,7 @@ static void reset(vpp_transfer *t) {
   r->curl_code = CURLE_OK;
   r->too_large = r->header_too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = 0;
   r->watchdog = 0;
-  r->request_id[0] = r->retry_after[0] = r->curl_message[0] = r->client_request_id[0] = '\0';
+  r->request_id[0] = r->retry_after[0] = r->curl_message[0] = r->client_request_id[0] = r->date[0] = '\0';
   t->active_at = t->started_at = vpp_now();
   t->moved = 0;
 }
@@ -289,6 +291,11 @@ int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq) {
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_URL, rq->url);
   r->post = rq->post;
+  r->permission = rq->permission;
+  if (rq->method || t->custom) {
+    curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, rq->method);
+    t->custom = rq->method != NULL;
+  }
   if (rq->post) {
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDS, t->body.len ? t->body.data : "");
     curl_easy_setopt(t->easy, CURLOPT_POSTFIELDSIZE, (long)t->body.len);
@@ -348,6 +355,10 @@ int vpp_transfer_redirect(vpp_transfer *t) {
     return 0;
   }
   curl_easy_setopt(t->easy, CURLOPT_URL, location); /* libcurl copies it */
-  if (r->status == 303) curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+  if (r->status == 303) {
+    curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(t->easy, CURLOPT_CUSTOMREQUEST, NULL);
+    t->custom = 0;
+  }
   return 1;
 }

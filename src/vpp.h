@@ -19,7 +19,8 @@
 #define VPP_CLIENT_MT      "vpp.client"
 #define VPP_LOOP_CLIENT_MT "vpp.client.loop"
 #define VPP_ERROR_MT       "vpp.error"
-#define VPP_NULL_KEY       "vpp.null" /* registry: cjson.null */
+#define VPP_NULL_KEY       "vpp.null"   /* registry: cjson.null */
+#define VPP_ENCODE_KEY     "vpp.encode" /* registry: cjson.encode */
 
 /* ==== platform.c: the only file with OS services (POSIX clocks, sleep,
  * terminals, threads); a port to another system starts and ends there.
@@ -127,10 +128,12 @@ typedef struct vpp_reply {
   int watchdog;               /* why on_progress ended it (VPP_TIMED_OUT...) */
   int sent;                   /* bytes of request sent */
   int attempts;               /* tries so far, retries included */
-  int post;                   /* the request was a POST (a write) */
+  int post;                   /* the request was a write (POST, PATCH) */
+  int permission;             /* what the call needs (VPP_NEEDS_...), for err.hint */
   char retry_after[64];       /* the Retry-After header, as sent */
   char request_id[128];       /* Graph's request-id response header */
   char client_request_id[40]; /* the UUID we sent */
+  char date[40];              /* the Date header: Graph's clock */
   char curl_message[CURL_ERROR_SIZE];
   vpp_buf body;
 } vpp_reply;
@@ -142,6 +145,10 @@ const char *vpp_curl_code_name(CURLcode rc);
 void vpp_error_open(lua_State *L, int module);
 void vpp_error_setup(lua_State *L);
 
+/* The least-privileged application permission a call needs (decode.c
+ * names each in err.hint): the first two are also "a read", "a write". */
+enum { VPP_NEEDS_APPS_READ, VPP_NEEDS_APPS_WRITE, VPP_NEEDS_CONFIG_READ, VPP_NEEDS_CONFIG_WRITE };
+
 int vpp_json_decode(lua_State *L, const char *data, size_t len, int unwrap);
 void vpp_json_setup(lua_State *L);
 int vpp_decode_entity(lua_State *L, vpp_reply *r, const char *id, size_t idlen);
@@ -149,6 +156,7 @@ int vpp_decode_page(lua_State *L, vpp_reply *r, int out, const char **next);
 int vpp_reply_ok(const vpp_reply *r);
 int vpp_reply_error(lua_State *L, vpp_reply *r);
 void vpp_decode_setup(lua_State *L);
+void vpp_json_push_encoded(lua_State *L, int idx);
 
 /* The client's plain settings, read from the one option table. */
 typedef struct vpp_settings {
@@ -176,7 +184,9 @@ const char *vpp_url_option(lua_State *L, int uv, const char *name, int flags);
  * the transfer copies the body (a token form holds a secret, wiped when
  * the transfer is released). */
 typedef struct vpp_request {
-  int post;
+  int post;           /* sends the body (an empty one too): POST, or method */
+  const char *method; /* "PATCH"; NULL: POST or GET */
+  int permission;     /* VPP_NEEDS_..., kept in the reply */
   const char *url;
   const char *body;
   size_t body_len;
@@ -192,6 +202,7 @@ typedef struct vpp_transfer {
   CURL *easy;
   struct curl_slist *headers; /* while prepared, or kept for the next */
   int kept, kept_post;        /* headers kept: a Graph request's, POST or GET */
+  int custom;                 /* CURLOPT_CUSTOMREQUEST is set */
   vpp_buf body;               /* the request body, wiped on release */
   const vpp_settings *settings;
   int job;                  /* the job it runs; VPP_IDLE, VPP_TOKEN_JOB */
@@ -323,9 +334,12 @@ struct vpp_batch {
   int cancelled, auth_failed, aborted;
   double deadline_at; /* HUGE_VAL: none */
   vpp_deliver_fn deliver;
-  const char *url; /* a blocking single call's URL, in C memory; else state.urls */
-  int queued;      /* results queued in state.events since the driver looked */
-  int stack_state; /* a blocking run's state, in its driver's frame; else 0 */
+  const char *url;    /* a blocking single call's URL, in C memory; else state.urls */
+  const char *method; /* "PATCH" (static); NULL: POST when post, else GET */
+  int has_body;       /* state.body is the JSON to send */
+  int permission;     /* VPP_NEEDS_...; post by default */
+  int queued;         /* results queued in state.events since the driver looked */
+  int stack_state;    /* a blocking run's state, in its driver's frame; else 0 */
 };
 
 /* The run's state table (the run's user value, and runs[run] in the
@@ -349,7 +363,16 @@ void vpp_engine_release(vpp_client *c);
  * functions (registered by vpp.c) ==== */
 
 /* The calls on one token, and the list; the URL of each. */
-typedef enum { VPP_SYNC_LICENSES, VPP_SYNC_APPS, VPP_GET_TOKEN, VPP_LIST_TOKENS } vpp_action;
+typedef enum {
+  VPP_SYNC_LICENSES,
+  VPP_SYNC_APPS,
+  VPP_GET_TOKEN,
+  VPP_LIST_TOKENS,
+  VPP_REVOKE_LICENSES,
+  VPP_SYNC_LICENSE_COUNTS,
+  VPP_UPDATE_TOKEN,
+  VPP_LICENSES_FOR_APP
+} vpp_action;
 
 int vpp_client_open_lib(lua_State *L);
 vpp_client *vpp_client_to(lua_State *L, int idx);

@@ -9,6 +9,8 @@ local env = require "vpp.env"
 local format = require "vpp.cli.format"
 local check = require "vpp.cli.check"
 local progress = require "vpp.cli.progress"
+local fields = require "vpp.cli.fields"
+local tokens = require "vpp.tokens"
 
 local M = {}
 
@@ -138,7 +140,36 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
     :convert(number_arg("-t", { min = 0, positive = true, max = 1e6, what = "a positive number of seconds" }))
     :argname("SECONDS")
   format_option(chk, { "text", "json", "prometheus" }, "text")
-  return p, { list = list, get = get, sync = sync, ["sync-apps"] = apps, check = chk }
+
+  local lic = p:command("licenses", "Licence counts of one app on each VPP token (beta getLicensesForApp).")
+  own_help(lic, state)
+  lic:option("--app", "The app's bundle id (com.example.app)."):argname("BUNDLE_ID"):count(1)
+  format_option(lic, { "table", "json", "csv" }, "table")
+
+  local revoke = p:command("revoke-licenses", "Revoke every app licence of a VPP token (beta revokeLicenses).")
+  own_help(revoke, state)
+  revoke:argument("id", "The token id.")
+  revoke:flag("--notify-devices", "Tell the managed devices that lose their licences.")
+  revoke:flag("--untracked", "Also revoke licences Intune does not track.")
+  revoke:flag("-y --yes", "Do not ask (needed when stdin is not a terminal).")
+
+  local counts = p:command("sync-license-counts", "Refresh the licence counts of every VPP token (beta syncLicenseCounts).")
+  own_help(counts, state)
+
+  local set = p:command("set", "Change a setting of a VPP token (PATCH).")
+  own_help(set, state)
+  set:argument("id", "The token id.")
+  set:option("--auto-update", "Update the token's apps automatically."):choices { "on", "off" }:count(1)
+  format_option(set, { "table", "json", "csv" }, "table")
+
+  local renew = p:command("renew", "Upload the renewed Apple token file of a VPP token (PATCH of its token).")
+  own_help(renew, state)
+  renew:argument("id", "The token id.")
+  renew:option("--token-file", "The .vpptoken file from Apple Business or School Manager; never printed.")
+    :argname("FILE"):count(1)
+  format_option(renew, { "table", "json", "csv" }, "table")
+  return p, { list = list, get = get, sync = sync, ["sync-apps"] = apps, check = chk, licenses = lic,
+    ["revoke-licenses"] = revoke, ["sync-license-counts"] = counts, set = set, renew = renew }
 end
 
 -- ---- running ---------------------------------------------------------------
@@ -241,8 +272,14 @@ function Run:print_tokens(list)
   end
 end
 
+--- The properties a list for `output` needs, as a $select for this client's
+-- API version (nil: another version, whole tokens).
+local function select_of(client, output)
+  return fields.select(client:config().api_version, output)
+end
+
 function Run:list(client)
-  local all, err = client:list_tokens { deadline = self:left() }
+  local all, err = client:list_tokens { select = select_of(client, self.args.format), deadline = self:left() }
   if not all then return fail(err) end
   local a, criteria = self.args, {}
   if #a.state > 0 then criteria.state = a.state end
@@ -315,12 +352,124 @@ function Run:get(client)
   return M.EXIT_OK
 end
 
+-- ---- the rest of the vppToken API ----------------------------------------------
+
+function Run:licenses(client)
+  local list, err = client:licenses_for_app(self.args.app, { deadline = self:left() })
+  if not list then return fail(err) end
+  table.sort(list, function(a, b) return (tonumber(a.usedLicenseCount) or 0) > (tonumber(b.usedLicenseCount) or 0) end)
+  local f = self.args.format
+  local fields_shown = { "vppTokenId", "appleId", "organizationName", "usedLicenseCount", "availableLicenseCount" }
+  if f == "json" then
+    io.stdout:write(format.json(format.array(list)))
+  elseif f == "csv" then
+    io.stdout:write(format.csv(list, fields_shown))
+  elseif #list == 0 then
+    self:say("no VPP token has licences of ", self.args.app)
+  else
+    local rows = {}
+    for i, l in ipairs(list) do
+      rows[i] = { tostring(l.vppTokenId):sub(1, 8), tostring(l.appleId or "-"), tostring(l.organizationName or "-"),
+        tostring(l.usedLicenseCount or "-"), tostring(l.availableLicenseCount or "-") }
+    end
+    io.stdout:write(format.table({ "TOKEN", "APPLE ID", "ORGANIZATION", "USED", "AVAILABLE" }, rows, colour()))
+  end
+  return M.EXIT_OK
+end
+
+-- Whether the user means it: yes on a terminal, or --yes.
+function Run:confirmed(question)
+  if self.args.yes then return true end
+  if not core._isatty(0) then usage_error("not on a terminal: give --yes to " .. question) end
+  io.stderr:write("vpp: ", question, "? [y/N] ")
+  io.stderr:flush()
+  local answer = io.stdin:read("*l")
+  return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
+end
+
+function Run:revoke_licenses(client)
+  local ids, lerr = self:resolve(client, { self.args.id })
+  if not ids then return fail(lerr) end
+  local a = self.args
+  if not self:confirmed(("revoke every app licence of token %s%s"):format(ids[1],
+    a.notify_devices and " and notify its devices" or "")) then
+    io.stderr:write("vpp: nothing revoked\n")
+    return M.EXIT_FAILURE
+  end
+  local ok, err = client:revoke_licenses(ids[1], { notify_managed_devices = a.notify_devices,
+    revoke_untracked_licenses = a.untracked })
+  if not ok then return fail(err) end
+  self:say("revoking the licences of token ", ids[1])
+  return M.EXIT_OK
+end
+
+function Run:sync_license_counts(client)
+  local ok, err = client:sync_license_counts()
+  if not ok then return fail(err) end
+  self:say("licence counts are being refreshed")
+  return M.EXIT_OK
+end
+
+-- A token as get prints it, after a change.
+function Run:print_token(token)
+  token = redact(token)
+  local f = self.args.format
+  if f == "json" then
+    io.stdout:write(format.json(token))
+  elseif f == "csv" then
+    io.stdout:write(format.csv({ token }, format.token_fields))
+  else
+    io.stdout:write(format.token_detail(token, colour()))
+  end
+end
+
+function Run:update(client, changes, secret)
+  local ids, lerr = self:resolve(client, { self.args.id })
+  if not ids then return fail(lerr) end
+  local token, err = client:update_token(ids[1], changes)
+  if not token then
+    -- Graph's message could quote what it was sent.
+    if secret and type(err.message) == "string" then
+      local from, to = err.message:find(secret, 1, true)
+      while from do
+        err.message = err.message:sub(1, from - 1) .. "[redacted]" .. err.message:sub(to + 1)
+        from, to = err.message:find(secret, from + 10, true)
+      end
+    end
+    return fail(err)
+  end
+  self:print_token(token)
+  return M.EXIT_OK
+end
+
+function Run:set(client)
+  return self:update(client, { automaticallyUpdateApps = self.args.auto_update == "on" })
+end
+
+function Run:renew(client)
+  local path = self.args.token_file
+  local f, why = io.open(path, "rb")
+  local content = f and f:read("*a")
+  if f then f:close() end
+  if not content then
+    io.stderr:write("vpp: cannot read --token-file: ", why or path, "\n")
+    return M.EXIT_FAILURE
+  end
+  content = content:match("^%s*(.-)%s*$")
+  if content == "" then
+    io.stderr:write("vpp: --token-file is empty: ", path, "\n")
+    return M.EXIT_FAILURE
+  end
+  return self:update(client, { token = content }, content)
+end
+
 -- ---- sync ----------------------------------------------------------------------
 
 -- One row of a sync report: what happened to one token.
-local function outcome(id, token, result, err, known, detail)
+local function outcome(id, token, result, err, known, detail, date)
   local t = token or known or {}
-  return { id = id, displayName = t.displayName, result = result, lastSyncStatus = t.lastSyncStatus,
+  return { date = date, id = id, displayName = t.displayName, name = t.name or format.name_of(t), result = result,
+    lastSyncStatus = t.lastSyncStatus,
     lastSyncDateTime = t.lastSyncDateTime, error = err and tostring(err) or detail,
     token = token, err = err }
 end
@@ -359,7 +508,7 @@ function Run:print_outcomes(rows)
   elseif not self.args.quiet and #rows > 0 then
     local out = {}
     for i, r in ipairs(rows) do
-      out[i] = { tostring(r.id):sub(1, 8), r.displayName or "-", { r.result, result_colour[r.result] },
+      out[i] = { tostring(r.id):sub(1, 8), r.name, { r.result, result_colour[r.result] },
         format.utc(r.lastSyncDateTime), r.err and brief(r.err) or r.error or "" }
     end
     io.stdout:write(format.table({ "ID", "NAME", "RESULT", "LAST SYNC (UTC)", "DETAIL" }, out, colour()))
@@ -384,7 +533,9 @@ local function collect(rows, results, known)
       rows[#rows + 1] = outcome(r.id, nil, failure(r.err), r.err, known[r.id])
     else
       local status = r.token.lastSyncStatus
-      rows[#rows + 1] = outcome(r.id, r.token, status == "inProgress" and "started" or tostring(status))
+      -- A 204 answer to syncLicenses has no status: the sync started.
+      local started = status == nil or status == "inProgress"
+      rows[#rows + 1] = outcome(r.id, r.token, started and "started" or tostring(status), nil, nil, nil, r.date)
     end
   end
 end
@@ -450,8 +601,10 @@ function Run:wait(client, rows)
   end
   if #started == 0 then return end
   local step, done = self:progress("waiting")
+  -- Only syncs that ended after these started count (see wait_for_sync).
+  local since = tokens.sync_started_at(rows)
   local waited = client:wait_for_sync(started, { timeout = self.args.wait_timeout, interval = self.args.wait_interval,
-    concurrency = self.args.concurrency, on_result = step, deadline = self:left() })
+    concurrency = self.args.concurrency, on_result = step, deadline = self:left(), since = since })
   done()
   for k, w in ipairs(waited) do
     local old = rows[at[k]]
@@ -509,7 +662,7 @@ end
 
 function Run:check(client)
   local a = self.args
-  local all, err = client:list_tokens { deadline = self:left() }
+  local all, err = client:list_tokens { select = select_of(client, "check"), deadline = self:left() }
   if not all then
     if err.kind == "cancelled" then return self:check_unknown { summary = "interrupted" } end
     if err.code == "deadline" then
@@ -525,7 +678,9 @@ end
 
 -- ---- main ------------------------------------------------------------------------------
 
-local commands = { list = Run.list, get = Run.get, sync = Run.sync, ["sync-apps"] = Run.sync_apps, check = Run.check }
+local commands = { list = Run.list, get = Run.get, sync = Run.sync, ["sync-apps"] = Run.sync_apps, check = Run.check,
+  licenses = Run.licenses, ["revoke-licenses"] = Run.revoke_licenses, ["sync-license-counts"] = Run.sync_license_counts,
+  set = Run.set, renew = Run.renew }
 
 -- The subcommand named in raw arguments, for the usage text of a bad call.
 local function command_in(args)

@@ -25,7 +25,17 @@ end
 
 local finished = { completed = true, failed = true }
 
-local wait_options = { interval = true, timeout = true, concurrency = true, on_result = true, deadline = true }
+local wait_options = { interval = true, timeout = true, concurrency = true, on_result = true, deadline = true,
+  since = true }
+
+-- Whether the token's last sync ended at or after `since` (Graph's clock):
+-- a status read just after the POST may still be the previous sync's.
+local function fresh(token, since)
+  if not since then return true end
+  local at = tokens.parse_time(token.lastSyncDateTime)
+  return at ~= nil and at >= since
+end
+
 
 -- Waits `seconds` unless the client is cancelled (false then): under the
 -- client's loop, else in slices, so that Lua hooks (the interpreter's
@@ -56,9 +66,11 @@ local function stopped(kind, id)
   return core._error("timeout", "deadline", "opts.deadline passed before this item finished", { id = id })
 end
 
---- Polls get_token until lastSyncStatus is "completed" or "failed".  For one
--- id: the final token, or nil, err (err.kind "timeout" when opts.timeout ran
--- out).  For a list of ids: results like sync_many's, polled concurrently.
+--- Polls get_token until lastSyncStatus is "completed" or "failed" (and,
+-- with opts.since, seconds since the epoch by Graph's clock, only once
+-- lastSyncDateTime is not older than it).  For one id: the final token, or
+-- nil, err (err.kind "timeout" when opts.timeout ran out).  For a list of
+-- ids: results like sync_many's, polled concurrently.
 -- opts.on_result(result, done, total) is called as each id finishes.
 function methods:wait_for_sync(id_or_ids, opts)
   opts = check_keys(opts, wait_options, "wait_for_sync")
@@ -71,6 +83,10 @@ function methods:wait_for_sync(id_or_ids, opts)
   if type(ids) ~= "table" then
     error("bad argument #1 to 'wait_for_sync' (a token id or a list of them expected, got "
       .. type(id_or_ids) .. ")", 2)
+  end
+  local since = opts.since
+  if since ~= nil and (type(since) ~= "number" or not (since >= 0)) then -- luacheck: ignore 581 (NaN)
+    error("vpp: opts.since must be a number of seconds since the epoch", 2)
   end
   local interval = positive(opts.interval, "interval", 5)
   local timeout = positive(opts.timeout, "timeout", 300)
@@ -92,7 +108,7 @@ function methods:wait_for_sync(id_or_ids, opts)
     for i, r in ipairs(polled) do
       local k = pending[i]
       polls[k] = (polls[k] or 0) + r.attempts
-      if r.err or finished[r.token.lastSyncStatus] then
+      if r.err or (finished[r.token.lastSyncStatus] and fresh(r.token, since)) then
         results[k] = { id = ids[k], token = r.token, err = r.err, attempts = polls[k] }
         finish(k)
       else
@@ -182,7 +198,7 @@ function methods:sync_all(opts)
     end
     report.waited = self:wait_for_sync(started, {
       interval = opts.wait_interval, timeout = opts.wait_timeout, concurrency = opts.concurrency,
-      deadline = left_of(deadline_at),
+      deadline = left_of(deadline_at), since = tokens.sync_started_at(report.results),
     })
   end
   return report

@@ -143,4 +143,15 @@ function M.count_by(tokens, field)
   return counts
 end
 
+--- When the syncs of sync_many's results started by Graph's clock (the
+-- earliest Date header of their answers, which has whole seconds: one
+-- second less), for wait_for_sync's since; nil when no answer had a Date.
+function M.sync_started_at(results)
+  local at
+  for _, r in ipairs(results) do
+    if r.token and r.date and (not at or r.date < at) then at = r.date end
+  end
+  return at and at - 1
+end
+
 return M

@@ -146,7 +146,8 @@ function M.json(report, opts)
   for _, j in ipairs(report.tokens) do
     local t = j.token
     out.tokens[#out.tokens + 1] = {
-      id = t.id, displayName = t.displayName, state = t.state, lastSyncStatus = t.lastSyncStatus,
+      id = t.id, name = format.name_of(t), displayName = t.displayName, appleId = t.appleId,
+      state = t.state, lastSyncStatus = t.lastSyncStatus,
       expirationDateTime = t.expirationDateTime, lastSyncDateTime = t.lastSyncDateTime,
       days_left = j.days and math.floor(j.days * 100 + 0.5) / 100, status = M.names[j.level],
       reasons = format.array(j.reasons),
@@ -173,7 +174,7 @@ local function metric(out, name, help, samples)
 end
 
 local function token_labels(t)
-  return ('id="%s",display_name="%s"'):format(label(t.id), label(t.displayName))
+  return ('id="%s",display_name="%s",apple_id="%s"'):format(label(t.id), label(t.displayName), label(t.appleId))
 end
 
 local function one_of(t, field, values, lname)

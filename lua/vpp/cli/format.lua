@@ -184,10 +184,15 @@ function M.days_left(token, now)
   return math.floor((t - now) / 86400)
 end
 
+-- A token's name for people: displayName (beta only), else appleId (one
+-- per location token, so v1.0 tenants get distinct names), else the
+-- organization's.
 local function name_of(t)
-  local name = t.displayName
-  if type(name) ~= "string" or name == "" then name = t.organizationName end
-  return type(name) == "string" and name or "-"
+  for _, k in ipairs { "displayName", "appleId", "organizationName" } do
+    local name = t[k]
+    if type(name) == "string" and name ~= "" then return name end
+  end
+  return "-"
 end
 M.name_of = name_of
 
