@@ -87,6 +87,11 @@ describe("the rest of the vppToken API", function()
       f.server:program("@collection", { { status = 503, error = "ServiceUnavailable", headers = { ["Retry-After"] = "0" } } })
       assert.is_true(f.client:sync_license_counts())
       assert.equal(2, #writes(f.server))
+      f.server:config { forbidden = "Authorization_RequestDenied" }
+      local ok, err = f.client:sync_license_counts()
+      assert.is_nil(ok)
+      assert.same({ "http", 403 }, { err.kind, err.status })
+      assert.matches("DeviceManagementServiceConfig%.ReadWrite%.All", err.hint)
     end)
   end)
 
@@ -236,19 +241,20 @@ describe("the vpp command's vppToken subcommands", function()
     assert.matches("licence counts are being refreshed", r.err)
   end)
 
-  it("licenses --app prints each token's counts, fullest first, in each format", function()
+  it("licenses --app prints each token's counts, fullest (largest share in use) first, in each format", function()
+    -- b has fewer in use but none left: it comes first.
     fx.server:licenses { ["com.example.notes"] = {
-      { token = ID, available = 5, used = 1 }, { token = "6d1a2c3b-0000-4000-8000-00000000000b", available = 0, used = 9 } } }
+      { token = ID, available = 40, used = 10 }, { token = "6d1a2c3b-0000-4000-8000-00000000000b", available = 0, used = 9 } } }
     local r = fx.cli.run({ "licenses", "--app", "com.example.notes" }, fx.env)
     assert.equal(0, r.code, r.err)
     local l = {}
     for line in r.out:gmatch("[^\n]+") do l[#l + 1] = line end
     assert.matches("^TOKEN%s+APPLE ID%s+ORGANIZATION%s+USED%s+AVAILABLE$", l[1])
     assert.matches("^6d1a2c3b%s+vpp@contoso%.example%.com%s+Contoso%s+9%s+0$", l[2])
-    assert.matches("^6d1a2c3b%s+a@example%.com%s+Contoso%s+1%s+5$", l[3])
+    assert.matches("^6d1a2c3b%s+a@example%.com%s+Contoso%s+10%s+40$", l[3])
     r = fx.cli.run({ "licenses", "--app", "com.example.notes", "--format", "json" }, fx.env)
     local printed = cjson.decode(r.out)
-    assert.same({ 9, 1 }, { printed[1].usedLicenseCount, printed[2].usedLicenseCount })
+    assert.same({ 9, 10 }, { printed[1].usedLicenseCount, printed[2].usedLicenseCount })
     r = fx.cli.run({ "licenses", "--app", "com.example.notes", "--format", "csv" }, fx.env)
     assert.matches("^vppTokenId,appleId,organizationName,usedLicenseCount,availableLicenseCount\r?\n", r.out)
     r = fx.cli.run({ "licenses" }, fx.env)

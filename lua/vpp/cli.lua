@@ -357,7 +357,16 @@ end
 function Run:licenses(client)
   local list, err = client:licenses_for_app(self.args.app, { deadline = self:left() })
   if not list then return fail(err) end
-  table.sort(list, function(a, b) return (tonumber(a.usedLicenseCount) or 0) > (tonumber(b.usedLicenseCount) or 0) end)
+  -- Fullest first: the share of the token's licences in use, then the count.
+  local function used(l) return tonumber(l.usedLicenseCount) or 0 end
+  local function share(l)
+    local total = used(l) + (tonumber(l.availableLicenseCount) or 0)
+    return total > 0 and used(l) / total or 0
+  end
+  table.sort(list, function(a, b)
+    if share(a) ~= share(b) then return share(a) > share(b) end
+    return used(a) > used(b)
+  end)
   local f = self.args.format
   local fields_shown = { "vppTokenId", "appleId", "organizationName", "usedLicenseCount", "availableLicenseCount" }
   if f == "json" then
