@@ -20,6 +20,7 @@ dependencies = {
   "lua >= 5.1, < 5.5", -- and LuaJIT 2.1
   "lua-cjson >= 2.1.0",
   "argparse >= 0.6", -- the vpp command only
+  "lyaml >= 6", -- fleets' tenants files only (Debian: lua-yaml)
 }
 external_dependencies = {
   -- No header check: Debian keeps curl/curl.h in a multiarch include
@@ -37,6 +38,7 @@ build = {
     ["vpp.evented"] = "lua/vpp/evented.lua",
     ["vpp.loop.cqueues"] = "lua/vpp/loop/cqueues.lua",
     ["vpp.loop.luv"] = "lua/vpp/loop/luv.lua",
+    ["vpp.fleet"] = "lua/vpp/fleet.lua",
     ["vpp.cli"] = "lua/vpp/cli.lua",
     ["vpp.cli.check"] = "lua/vpp/cli/check.lua",
     ["vpp.cli.format"] = "lua/vpp/cli/format.lua",

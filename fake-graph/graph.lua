@@ -19,14 +19,31 @@ local function setting(name)
   return v
 end
 
+-- The data of the tenant the request is for (ngx.ctx.tenant: the tenant
+-- its access token was issued for, or the admin call's ?tenant=): each
+-- tenant has its own tokens, syncs, scripted answers and licences, as in
+-- Graph, where the token alone decides whose data a request sees.
+local function key(k)
+  local t = ngx.get_phase() ~= "init" and ngx.ctx.tenant or nil
+  return (t or "") .. "|" .. k
+end
+
+local function name_hash(s)
+  local h = 0
+  for i = 1, #s do h = (h * 31 + s:byte(i)) % 1000003 end
+  return h
+end
+
 local function seed_tenant()
   local n, seed = setting("tokens"), setting("seed")
+  local t = ngx.get_phase() ~= "init" and ngx.ctx.tenant or nil
+  if t then seed = seed + name_hash(t) end
   local list = tenant.generate(n, seed, ngx.time())
   for i, tok in ipairs(list) do
-    dict:set("tok:" .. tok.id, cjson.encode(tok))
-    dict:set("idx:" .. i, tok.id)
+    dict:set(key("tok:") .. tok.id, cjson.encode(tok))
+    dict:set(key("idx:") .. i, tok.id)
   end
-  dict:set("count", #list)
+  dict:set(key("count"), #list)
 end
 
 function M.init(cfg)
@@ -138,16 +155,16 @@ local function serve_program(r)
   return send(r.status or 200, body, headers)
 end
 
-local function take_program(key)
-  local item = dict:lpop("prog:" .. key)
+local function take_program(name)
+  local item = dict:lpop(key("prog:") .. name)
   return item and cjson.decode(item)
 end
 
--- Serves the response scripted for key, if one is queued (ngx.exit ends
+-- Serves the response scripted for name, if one is queued (ngx.exit ends
 -- the request there); { pass = true, delay = s } only delays the real
 -- answer, as a slow but working service would.
-local function scripted(key)
-  local prog = take_program(key)
+local function scripted(name)
+  local prog = take_program(name)
   if not prog then return end
   if prog.pass then
     ngx.sleep(prog.delay or 0)
@@ -171,24 +188,24 @@ local unsyncable = { expired = true, invalid = true, assignedToExternalMDM = tru
 -- progress for its sync_length, then completed or failed, with
 -- lastSyncDateTime moved to the moment it ended.
 local function load_stored(id)
-  local raw = dict:get("tok:" .. id)
+  local raw = dict:get(key("tok:") .. id)
   if not raw then return nil end
   local tok = cjson.decode(raw)
-  local started = dict:get("sync:" .. id)
+  local started = dict:get(key("sync:") .. id)
   if started then
     local ends = started + sync_length(id)
     if ngx.now() < ends then
       tok.lastSyncStatus = "inProgress"
     else
       tok.lastSyncDateTime = tenant.timestamp(ends)
-      tok.lastSyncStatus = (dict:get("syncfail:" .. id) or unsyncable[tok.state]) and "failed" or "completed"
+      tok.lastSyncStatus = (dict:get(key("syncfail:") .. id) or unsyncable[tok.state]) and "failed" or "completed"
     end
   end
   return tok
 end
 
 local function store(tok)
-  dict:set("tok:" .. tok.id, cjson.encode(tok))
+  dict:set(key("tok:") .. tok.id, cjson.encode(tok))
 end
 
 -- The token as the request's API version serves it.
@@ -318,8 +335,8 @@ local function list_tokens(query)
     terms, problem = parse_filter(args["$filter"])
     if not terms then return problem() end
   end
-  return send_page("deviceAppManagement/vppTokens", query, dict:get("count") or 0, function(i)
-    local tok = load_token(dict:get("idx:" .. i))
+  return send_page("deviceAppManagement/vppTokens", query, dict:get(key("count")) or 0, function(i)
+    local tok = load_token(dict:get(key("idx:") .. i))
     if tok and (not terms or matches(tok, terms)) then
       return select_fields(tok, args["$select"] and fields)
     end
@@ -334,8 +351,8 @@ end
 -- wrapped in value, as the docs' example), "bare" (the token itself) or
 -- "none" (204 No Content); Graph has been seen to do each.
 local function start_sync(id)
-  if not dict:get("tok:" .. id) then return not_found() end
-  dict:set("sync:" .. id, ngx.now())
+  if not dict:get(key("tok:") .. id) then return not_found() end
+  dict:set(key("sync:") .. id, ngx.now())
   local answer = setting("sync_answer") or "value"
   if answer == "none" then return send(204, "") end
   local tok = load_token(id)
@@ -384,7 +401,7 @@ end
 -- The apps' licences, as admin.licenses set them: bundle id -> list of
 -- { token = id, available = n, used = m }.
 local function licenses()
-  return cjson.decode(dict:get("licenses") or "{}")
+  return cjson.decode(dict:get(key("licenses")) or "{}")
 end
 
 -- beta revokeLicenses (api-reference/beta/api/intune-onboarding-vpptoken-revokelicenses.md):
@@ -405,7 +422,7 @@ local function revoke_licenses(id)
       end
     end
   end
-  dict:set("licenses", cjson.encode(all))
+  dict:set(key("licenses"), cjson.encode(all))
   tok.tokenActionResults = tok.tokenActionResults or {}
   tok.tokenActionResults[#tok.tokenActionResults + 1] = action_result("revokeLicenses", {
     ["@odata.type"] = "#microsoft.graph.vppTokenRevokeLicensesActionResult",
@@ -459,7 +476,7 @@ local function update_token(id)
           :format(tostring(v)))
       end
       if k == "token" then
-        dict:set("renewed:" .. id, v)
+        dict:set(key("renewed:") .. id, v)
         tok.state = "valid"
         tok.expirationDateTime = tenant.timestamp(ngx.now() + 365 * 86400)
         v = "" -- Graph never gives the Apple token back
@@ -520,8 +537,8 @@ local function api(method, path, query)
     id = ngx.unescape_uri(id)
     scripted(id)
     if method ~= "POST" then return graph_error(405, "BadRequest", "Method not allowed") end
-    if not dict:get("tok:" .. id) then return graph_error(404, "ResourceNotFound", "The requested token was not found.") end
-    dict:set("sync:" .. id, ngx.now())
+    if not dict:get(key("tok:") .. id) then return graph_error(404, "ResourceNotFound", "The requested token was not found.") end
+    dict:set(key("sync:") .. id, ngx.now())
     local tok = load_token(id)
     -- The legacy entity names its account type differently.
     tok["@odata.type"] = "#microsoft.graph.appleVolumePurchaseProgramToken"
@@ -554,10 +571,22 @@ local function identity_error(status, code, aadsts, description)
   }))
 end
 
-local function issue(lifetime)
+local function issue(lifetime, tenant_id)
   local token = "fake-at-" .. uuid()
   dict:set("issued:" .. token, ngx.now() + lifetime, lifetime + 60)
+  if tenant_id then dict:set("tenantof:" .. token, tenant_id, lifetime + 60) end
   return token
+end
+
+-- The registered application serves one tenant, or (a multi-tenant app,
+-- as an MSP's is) each of a.tenants, with a.secrets[tenant] for a secret of
+-- its own.
+local function serves(a, tenant_id)
+  if a.tenant == tenant_id then return true end
+  for _, t in ipairs(a.tenants or {}) do
+    if t == tenant_id then return true end
+  end
+  return false
 end
 
 -- Checks the JWT client assertion's header and claims (its signature is
@@ -593,7 +622,7 @@ local function token_endpoint(method, tenant_id, query_path)
   if not (h["content-type"] or ""):find("application/x-www-form-urlencoded", 1, true) then
     return identity_error(400, "invalid_request", 900144, "The request body must contain a form.")
   end
-  if tenant_id ~= a.tenant then
+  if not serves(a, tenant_id) then
     return identity_error(400, "invalid_request", 90002, "Tenant '" .. tenant_id .. "' not found.")
   end
   if form.grant_type ~= "client_credentials" then
@@ -607,7 +636,7 @@ local function token_endpoint(method, tenant_id, query_path)
     return identity_error(400, "invalid_scope", 1002012, "The provided value for scope is not valid.")
   end
   if form.client_secret then
-    if form.client_secret ~= a.client_secret then
+    if form.client_secret ~= ((a.secrets or {})[tenant_id] or a.client_secret) then
       return identity_error(401, "invalid_client", 7000215, "Invalid client secret provided.")
     end
   elseif form.client_assertion_type == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" then
@@ -619,7 +648,7 @@ local function token_endpoint(method, tenant_id, query_path)
   end
   local lifetime = a.lifetime or 3599
   return send(200, cjson.encode({ token_type = "Bearer", expires_in = lifetime, ext_expires_in = lifetime,
-    access_token = issue(lifetime) }))
+    access_token = issue(lifetime, a.tenants and tenant_id or nil) }))
 end
 
 local function imds(query)
@@ -668,7 +697,7 @@ function admin.config()
     if k == "tokens" or k == "seed" then reseed = true end
   end
   if reseed then
-    for i = 1, dict:get("count") or 0 do dict:delete("tok:" .. (dict:get("idx:" .. i) or "")) end
+    for i = 1, dict:get(key("count")) or 0 do dict:delete(key("tok:") .. (dict:get(key("idx:") .. i) or "")) end
     seed_tenant()
   end
   return send(200, '{"ok":true}')
@@ -678,7 +707,7 @@ end
 function admin.program()
   local body = read_json_body()
   for _, r in ipairs(body.responses or {}) do
-    for _ = 1, r.times or 1 do dict:rpush("prog:" .. body.key, cjson.encode(r)) end
+    for _ = 1, r.times or 1 do dict:rpush(key("prog:") .. body.key, cjson.encode(r)) end
   end
   return send(200, '{"ok":true}')
 end
@@ -686,36 +715,36 @@ end
 -- Replace the tenant with the given tokens (in order).
 function admin.tokens()
   local body = read_json_body()
-  for i = 1, dict:get("count") or 0 do dict:delete("tok:" .. (dict:get("idx:" .. i) or "")) end
+  for i = 1, dict:get(key("count")) or 0 do dict:delete(key("tok:") .. (dict:get(key("idx:") .. i) or "")) end
   for i, tok in ipairs(body) do
-    dict:set("tok:" .. tok.id, cjson.encode(tok))
-    dict:set("idx:" .. i, tok.id)
+    dict:set(key("tok:") .. tok.id, cjson.encode(tok))
+    dict:set(key("idx:") .. i, tok.id)
   end
-  dict:set("count", #body)
+  dict:set(key("count"), #body)
   return send(200, '{"ok":true}')
 end
 
 -- Syncs of these token ids end "failed" instead of "completed".
 function admin.syncfail()
-  for _, id in ipairs(read_json_body()) do dict:set("syncfail:" .. id, true) end
+  for _, id in ipairs(read_json_body()) do dict:set(key("syncfail:") .. id, true) end
   return send(200, '{"ok":true}')
 end
 
 -- The apps' licences per token: { [bundleId] = { { token, available, used }... } }.
 function admin.licenses()
-  dict:set("licenses", cjson.encode(read_json_body()))
+  dict:set(key("licenses"), cjson.encode(read_json_body()))
   return send(200, '{"ok":true}')
 end
 
 -- What the last PATCH that renewed a token sent as its `token`.
 function admin.renewed()
   local id = read_json_body().id or ""
-  return send(200, cjson.encode({ token = dict:get("renewed:" .. id) or cjson.null }))
+  return send(200, cjson.encode({ token = dict:get(key("renewed:") .. id) or cjson.null }))
 end
 
 -- The stored token (beta's properties), as the specs check what a write did.
 function admin.stored()
-  local raw = dict:get("tok:" .. (read_json_body().id or ""))
+  local raw = dict:get(key("tok:") .. (read_json_body().id or ""))
   return send(200, raw or "null")
 end
 
@@ -753,6 +782,7 @@ function admin.stats()
     active = dict:get("stat:active") or 0,
     max_active = dict:get("stat:max_active") or 0,
     license_count_syncs = dict:get("stat:license_count_syncs") or 0,
+    max_active_tenants = dict:get("stat:max_active_tenants") or 0,
   }))
 end
 
@@ -768,8 +798,18 @@ local function record(method, raw)
     client_request_id = h["client-request-id"], user_agent = h["user-agent"],
     content_length = h["content-length"], content_type = h["content-type"],
     accept_encoding = h["accept-encoding"], injected = h["x-injected"],
-    body = method ~= "GET" and ngx.req.get_body_data() or nil,
+    body = method ~= "GET" and ngx.req.get_body_data() or nil, tenant = ngx.ctx.tenant,
   }))
+end
+
+-- Counts the tenants with a request in flight (token requests included):
+-- a fleet run's concurrency, as the server sees it.
+local function enter(tenant_id)
+  ngx.ctx.entered = tenant_id
+  if dict:incr("tact:" .. tenant_id, 1, 0) == 1 then
+    local n = dict:incr("stat:active_tenants", 1, 0)
+    if n > (dict:get("stat:max_active_tenants") or 0) then dict:set("stat:max_active_tenants", n) end
+  end
 end
 
 function M.handle()
@@ -779,12 +819,26 @@ function M.handle()
   local admin_call = path:match("^/_admin/(%w+)$")
   if admin_call then
     if not admin[admin_call] then return graph_error(404, "NotFound", "no such admin call") end
+    local t = ngx.var.arg_tenant
+    ngx.ctx.tenant = t and t ~= "" and ngx.unescape_uri(t) or nil
+    if ngx.ctx.tenant and not dict:get(key("count")) and admin_call ~= "reset" then seed_tenant() end
     return admin[admin_call]()
   end
   local tenant_id = path:match("^.-/([^/]+)/oauth2/v2%.0/token$")
-  if tenant_id then return token_endpoint(method, ngx.unescape_uri(tenant_id), path) end
+  if tenant_id then
+    tenant_id = ngx.unescape_uri(tenant_id)
+    enter(tenant_id)
+    local latency = setting("token_latency")
+    if latency and latency > 0 then ngx.sleep(latency) end
+    return token_endpoint(method, tenant_id, path)
+  end
   if path:match("/metadata/identity/oauth2/token$") then return imds(query) end
 
+  -- Whose data: the tenant the bearer token was issued for.
+  local bearer = (ngx.var.http_authorization or ""):match("^Bearer (%S+)$")
+  ngx.ctx.tenant = bearer and dict:get("tenantof:" .. bearer) or nil
+  if ngx.ctx.tenant and not dict:get(key("count")) then seed_tenant() end
+  enter(ngx.ctx.tenant or "")
   dict:incr("stat:requests", 1, 0)
   local active = dict:incr("stat:active", 1, 0)
   ngx.ctx.counted = true
@@ -817,6 +871,9 @@ end
 
 function M.finish()
   if ngx.ctx.counted then dict:incr("stat:active", -1, 0) end
+  if ngx.ctx.entered then
+    if dict:incr("tact:" .. ngx.ctx.entered, -1, 0) == 0 then dict:incr("stat:active_tenants", -1, 0) end
+  end
 end
 
 return M

@@ -133,12 +133,13 @@ function Server:stop()
   end
 end
 
--- One call to the /_admin/ API; returns the decoded JSON answer.
-function Server:admin(name, body)
+-- One call to the /_admin/ API; returns the decoded JSON answer.  tenant:
+-- the tenant whose data it is about (a fleet's; default the one tenant).
+function Server:admin(name, body, tenant)
   local chunks = {}
   local payload = body and cjson.encode(body)
   local _, code = http.request {
-    url = self.url .. "/_admin/" .. name,
+    url = self.url .. "/_admin/" .. name .. (tenant and ("?tenant=" .. tenant) or ""),
     method = payload and "POST" or "GET",
     headers = payload and { ["content-type"] = "application/json", ["content-length"] = #payload } or nil,
     source = payload and ltn12.source.string(payload) or nil,
@@ -152,18 +153,18 @@ function Server:reset() return self:admin("reset", {}) end
 function Server:stats() return self:admin("stats") end
 function Server:log() return self:admin("log") end
 function Server:config(t) return self:admin("config", t) end
-function Server:tokens(list) return self:admin("tokens", list) end
+function Server:tokens(list, tenant) return self:admin("tokens", list, tenant) end
 function Server:app(registration) return self:admin("app", registration) end
 function Server:revoke() return self:admin("revoke", {}) end
 function Server:tokenlog() return self:admin("tokenlog") end
-function Server:syncfail(ids) return self:admin("syncfail", ids) end
-function Server:licenses(by_bundle) return self:admin("licenses", by_bundle) end
-function Server:renewed(id) return self:admin("renewed", { id = id }).token end
-function Server:stored(id) return self:admin("stored", { id = id }) end
+function Server:syncfail(ids, tenant) return self:admin("syncfail", ids, tenant) end
+function Server:licenses(by_bundle, tenant) return self:admin("licenses", by_bundle, tenant) end
+function Server:renewed(id, tenant) return self:admin("renewed", { id = id }, tenant).token end
+function Server:stored(id, tenant) return self:admin("stored", { id = id }, tenant) end
 
 -- Queue responses for a token id ("@list" for the list endpoint).
-function Server:program(key, responses)
-  return self:admin("program", { key = key, responses = responses })
+function Server:program(key, responses, tenant)
+  return self:admin("program", { key = key, responses = responses }, tenant)
 end
 
 if arg and arg[0] and arg[0]:match("launcher%.lua$") then

@@ -30,6 +30,20 @@ function vpp.new_from_env(opts)
   return env.new_from_env(core.new, opts)
 end
 
+--- A fleet of tenants, from a table shaped as the tenants file is
+-- ({ defaults = {...}, tenants = { { name, tenant_id, ... }, ... } }); opts
+-- are client settings every tenant starts from.  Raises for a bad table.
+function vpp.fleet(spec, opts)
+  local fleet = require "vpp.fleet"
+  return fleet.new(fleet.normalize(spec, { name = "vpp.fleet", private = true }), opts)
+end
+
+--- A fleet from a YAML tenants file; raises one clear error for a bad file.
+function vpp.fleet_from_file(path, opts)
+  local fleet = require "vpp.fleet"
+  return fleet.new(fleet.read_file(path), opts)
+end
+
 --- True when `v` is an error table returned by a vpp call.
 function vpp.is_error(v)
   return type(v) == "table" and getmetatable(v) == core.error_mt

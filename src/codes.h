@@ -31,7 +31,9 @@
   X(signing_failed, "libcrypto could not sign the client assertion") \
   X(sync_timeout, "wait_for_sync: the token was still syncing when opts.timeout ran out") \
   X(cancelled, "client:cancel() ended the call before this item finished") \
-  X(deadline, "opts.deadline passed before this item finished")
+  X(deadline, "opts.deadline passed before this item finished") \
+  X(raised, "fleet:run: the function raised for this tenant; the message is its error") \
+  X(no_credential, "a fleet tenant's credential names an unset environment variable or a file that cannot be read")
 /* clang-format on */
 
 enum {

@@ -6,10 +6,14 @@
  * a port to another system changes this file alone. */
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <sys/stat.h>
 #ifdef __linux__
 #include <sys/epoll.h>
 #else
@@ -151,6 +155,37 @@ void vpp_poller_signal(vpp_poller *p) {
     /* full: it is signalled already */
   }
 }
+
+/* Waits until one of n descriptors is readable or timeout seconds pass
+ * (< 0: no limit); ready[i] says which.  The number ready, or -1. */
+int vpp_wait_readable(const int *fds, int n, double timeout, int *ready) {
+  struct pollfd stack[64], *p = n <= 64 ? stack : malloc((size_t)n * sizeof *p);
+  int i, rc, ms = timeout < 0 ? -1 : timeout > 2e6 ? 2000000000 : (int)(timeout * 1000 + 0.999);
+  if (!p) return -1;
+  for (i = 0; i < n; i++) {
+    p[i].fd = fds[i];
+    p[i].events = POLLIN;
+    p[i].revents = 0;
+  }
+  do {
+    rc = poll(p, (nfds_t)n, ms);
+  } while (rc < 0 && errno == EINTR && ms < 0);
+  for (i = 0; i < n; i++) ready[i] = rc > 0 && p[i].revents != 0;
+  if (p != stack) free(p);
+  return rc < 0 && errno == EINTR ? 0 : rc;
+}
+
+/* The permission bits and owner of a file, for refusing secrets others
+ * may read; 0 when it cannot be looked at. */
+int vpp_file_mode(const char *path, unsigned *mode, long *uid) {
+  struct stat st;
+  if (stat(path, &st) != 0) return 0;
+  *mode = (unsigned)(st.st_mode & 07777);
+  *uid = (long)st.st_uid;
+  return 1;
+}
+
+long vpp_uid(void) { return (long)getuid(); }
 
 /* ---- signals, for the command -------------------------------------------
  * SIGINT and SIGTERM call on(sig) from the handler: it may only do what a

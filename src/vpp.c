@@ -73,11 +73,50 @@ static int core_isatty(lua_State *L) {
   return 1;
 }
 
+/* _wait_readable(fds, timeout): waits until one of the descriptors (a
+ * list) is readable or timeout seconds pass (nil: no limit); the list of
+ * the ready ones' positions.  For the fleet's scheduler. */
+static int core_wait_readable(lua_State *L) {
+  int n, i, k = 0, *buf;
+  double timeout = luaL_optnumber(L, 2, -1);
+  luaL_checktype(L, 1, LUA_TTABLE);
+  n = (int)lua_rawlen(L, 1);
+  if (n > 100000) return luaL_argerror(L, 1, "too many descriptors");
+  buf = lua_newuserdatauv(L, 2 * (size_t)(n > 0 ? n : 1) * sizeof(int), 0); /* Lua's: nothing to leak */
+  for (i = 0; i < n; i++) {
+    lua_rawgeti(L, 1, i + 1);
+    buf[i] = (int)luaL_checkinteger(L, -1);
+    lua_pop(L, 1);
+  }
+  if (vpp_wait_readable(buf, n, timeout, buf + n) < 0) return luaL_error(L, "vpp: poll failed");
+  lua_createtable(L, 4, 0);
+  for (i = 0; i < n; i++)
+    if (buf[n + i]) {
+      lua_pushinteger(L, i + 1);
+      lua_rawseti(L, -2, ++k);
+    }
+  return 1;
+}
+
+/* _file_mode(path): its permission bits and owner's uid, and this
+ * process's uid; nil when it cannot be looked at. */
+static int core_file_mode(lua_State *L) {
+  unsigned mode;
+  long uid;
+  if (!vpp_file_mode(luaL_checkstring(L, 1), &mode, &uid)) return 0;
+  lua_pushinteger(L, (lua_Integer)mode);
+  lua_pushinteger(L, (lua_Integer)uid);
+  lua_pushinteger(L, (lua_Integer)vpp_uid());
+  return 3;
+}
+
 int luaopen_vpp_core(lua_State *L) {
   static const luaL_Reg timing[] = {{"_sleep", core_sleep},
                                     {"_clock", core_clock},
                                     {"_time", core_time},
                                     {"_isatty", core_isatty},
+                                    {"_wait_readable", core_wait_readable},
+                                    {"_file_mode", core_file_mode},
                                     {"_catch_signals", core_catch_signals},
                                     {"_release_signals", core_release_signals},
                                     {NULL, NULL}};
