@@ -195,6 +195,10 @@ local ok_run, failure = pcall(function()
   server:config { tokens = TENANT_N, latency = 0, log = false }
   local tenant = lua_vpp({ "tenant", CONCURRENCY }, server.url)
 
+  -- 6. A fleet: 500 tenants × 4 tokens, 100 ms per request.
+  io.stderr:write("a fleet of tenants (sync --all --wait, check)...\n")
+  local fleet = dofile(here .. "/fleet.lua")(arg[-1] or "lua5.4")
+
   os.remove(ids_file)
   os.remove(seq_file)
 
@@ -232,6 +236,18 @@ local ok_run, failure = pcall(function()
     .. " %.1f ms at worst (%d ticks); the batch ran at %.0f req/s, %.0f%% of blocking mode's %.0f req/s.")
     :format(CONCURRENCY, lag.p99, lag.worst, lag.ticks, lag.rate, 100 * lag.rate / lag.blocking_rate, lag.blocking_rate))
   print("* curl's CPU includes its process start-up; lua-vpp's and Node's count the workload only.")
+  print()
+  print(("Fleet: %d tenants × 4 tokens, each tenant its own token endpoint, %d ms on every Graph and token request,"
+    .. " %d tenants at once:"):format(fleet.tenants, fleet.latency * 1000, fleet.concurrency))
+  print()
+  print("| command | seconds | ideal | vs ideal | peak RSS | most descriptors |")
+  print("|---|---:|---:|---:|---:|---:|")
+  for _, k in ipairs { "sync", "check" } do
+    local x = fleet[k]
+    print(("| `vpp --tenants F %s` | %.2f | %.1f | %.2f× | %.1f MiB | %d (target ≤ %d) |"):format(
+      k == "sync" and "sync --all --wait" or "check", x.seconds, x.ideal, x.seconds / x.ideal, x.rss_mib, x.fds,
+      fleet.needed + 16))
+  end
 end)
 server:stop()
 if not ok_run then

@@ -40,6 +40,8 @@ local function seed_tenant()
   if t then seed = seed + name_hash(t) end
   local list = tenant.generate(n, seed, ngx.time())
   for i, tok in ipairs(list) do
+    -- Another tenant's location tokens have Apple IDs of their own.
+    if t then tok.appleId = tok.appleId:gsub("@", "." .. t:sub(1, 8) .. "@") end
     dict:set(key("tok:") .. tok.id, cjson.encode(tok))
     dict:set(key("idx:") .. i, tok.id)
   end

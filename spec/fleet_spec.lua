@@ -154,6 +154,8 @@ tenants:
         { "defaults:\n  client_id: x\n  colour: red\ntenants: []\n", "defaults: unknown key 'colour'" },
         { "tenant:\n  - name: a\n", "unknown key 'tenant' %(expected defaults, tenants%)" },
         { "tenants: []\n", "tenants must be a non%-empty list" },
+        { ("tenants:\n  - name: d\n    tenant_id: %s\n    client_id: x\n    client_secret_env: S\n"
+          .. "    labels: { state: x }\n"):format(TENANTS[1]), "tenant 'd' %(line 2%): label name 'state' is one of" },
       }
       local path = dir .. "/bad.yaml"
       for _, c in ipairs(cases) do
@@ -189,21 +191,25 @@ tenants:
       assert.equal(6, f.server:stats().max_active_tenants)
     end)
 
-    it("keeps tenants apart: one tenant's 401, 429 and raised error touch no other, each has its own data", function()
+    it("keeps tenants apart: one tenant's bad secret, Graph 401, 429 and raised error touch no other", function()
       f.server:app { tenants = TENANTS, client_id = APP, client_secret = "s3cret",
         secrets = { [TENANTS[2]] = "other-s3cret" } }
       -- t3's list is throttled for longer than max_retry_delay; t4's fn raises.
       f.server:program("@list", { { status = 429, error = "TooManyRequests", headers = { ["Retry-After"] = "120" } } },
         TENANTS[3])
       f.server:tokens({ support.vpp_token { id = "only-in-t5" } }, TENANTS[5])
-      local fleet = vpp.fleet(spec(names(5)), { getenv = env_of { MSP_SECRET = "s3cret" } })
+      -- t6's Graph refuses its token, even a fresh one.
+      local refused = { status = 401, error = "InvalidAuthenticationToken", message = "Access token validation failure." }
+      f.server:program("@list", { refused, refused }, TENANTS[6])
+      local fleet = vpp.fleet(spec(names(6)), { getenv = env_of { MSP_SECRET = "s3cret" } })
       local results = fleet:run(function(client, tenant)
         if tenant.name == "t4" then error("the script failed for t4") end
         local list, err = client:list_tokens()
         if not list then return nil, err end
         return list[1].id
       end)
-      assert.same({ 2, 3 }, { results.ok, results.failed })
+      assert.same({ 2, 4 }, { results.ok, results.failed })
+      assert.same({ "http", 401 }, { results[6].err.kind, results[6].err.status })
       assert.is_true(results[1].ok)
       assert.same({ "auth", "invalid_client" }, { results[2].err.kind, results[2].err.code }) -- t2's secret differs
       assert.same({ "http", 429 }, { results[3].err.kind, results[3].err.status })

@@ -71,23 +71,19 @@ static int nonblocking_pipe(int fds[2]) {
   return 1;
 }
 
+/* The self-pipe is made at the first signal, not before: most clients are
+ * never signalled (a fleet's hundreds of clients would hold two more
+ * descriptors each), and one added to the set while the host waits on the
+ * descriptor wakes that wait all the same. */
 int vpp_poller_open(vpp_poller *p) {
-  int fds[2];
   p->fd = p->wake_r = p->wake_w = -1;
-  if (!nonblocking_pipe(fds)) return 0;
-  p->wake_r = fds[0];
-  p->wake_w = fds[1];
 #ifdef __linux__
   p->fd = epoll_create1(EPOLL_CLOEXEC);
 #else
   p->fd = kqueue();
   if (p->fd >= 0) fcntl(p->fd, F_SETFD, FD_CLOEXEC);
 #endif
-  if (p->fd < 0 || !vpp_poller_watch(p, p->wake_r, VPP_POLL_IN, 0)) {
-    vpp_poller_close(p);
-    return 0;
-  }
-  return 1;
+  return p->fd >= 0;
 }
 
 void vpp_poller_close(vpp_poller *p) {
@@ -121,7 +117,7 @@ int vpp_poller_watch(vpp_poller *p, int fd, int what, int known) {
 int vpp_poller_ready(vpp_poller *p, int *fds, int *what, int max) {
   char sink[64];
   int n, i, k = 0;
-  while (read(p->wake_r, sink, sizeof sink) > 0) {
+  while (p->wake_r >= 0 && read(p->wake_r, sink, sizeof sink) > 0) {
   }
 #ifdef __linux__
   {
@@ -149,11 +145,26 @@ int vpp_poller_ready(vpp_poller *p, int *fds, int *what, int max) {
   return k;
 }
 
-void vpp_poller_signal(vpp_poller *p) {
+/* Returns 0 when no pipe could be made (out of descriptors): the waiter
+ * then wakes at its next timer only. */
+int vpp_poller_signal(vpp_poller *p) {
   char one = 1;
+  if (p->wake_w < 0 && p->fd >= 0) {
+    int fds[2];
+    if (!nonblocking_pipe(fds)) return 0;
+    p->wake_r = fds[0];
+    p->wake_w = fds[1];
+    if (!vpp_poller_watch(p, p->wake_r, VPP_POLL_IN, 0)) {
+      close(fds[0]);
+      close(fds[1]);
+      p->wake_r = p->wake_w = -1;
+      return 0;
+    }
+  }
   if (p->wake_w >= 0 && write(p->wake_w, &one, 1) < 0) {
     /* full: it is signalled already */
   }
+  return p->wake_w >= 0;
 }
 
 /* Waits until one of n descriptors is readable or timeout seconds pass

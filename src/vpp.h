@@ -43,7 +43,7 @@ int vpp_poller_open(vpp_poller *p);
 void vpp_poller_close(vpp_poller *p);
 int vpp_poller_watch(vpp_poller *p, int fd, int what, int known);
 int vpp_poller_ready(vpp_poller *p, int *fds, int *what, int max);
-void vpp_poller_signal(vpp_poller *p);
+int vpp_poller_signal(vpp_poller *p);
 /* Many pollers (a fleet's clients) at once. */
 int vpp_wait_readable(const int *fds, int n, double timeout, int *ready);
 int vpp_file_mode(const char *path, unsigned *mode, long *uid);

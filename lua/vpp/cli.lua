@@ -81,6 +81,18 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
     :convert(number_arg("--max-retries", { integer = true, min = 0, max = 100, what = "an integer from 0 to 100" }))
     :argname("N")
   p:option("--ca-file", "A PEM file of extra CAs to trust."):argname("FILE")
+  p:option("--tenants", "A tenants file (YAML): list, sync --all, check and get run across the fleet"
+    .. " (default $VPP_TENANTS).")
+    :argname("FILE")
+  p:option("--tenant", "With --tenants: only this tenant (repeatable); the other commands need one.")
+    :count("*"):argname("NAME")
+  p:option("--shard", "With --tenants: only the tenants in shard K of N (a stable hash of the name).")
+    :argname("K/N"):convert(function(v)
+      local k, n = v:match("^(%d+)/(%d+)$")
+      k, n = tonumber(k), tonumber(n)
+      if not k or n < 1 or k < 1 or k > n then return nil, ("--shard must be K/N with 1 <= K <= N, got '%s'"):format(v) end
+      return { k = k, n = n }
+    end)
   p:flag("-q --quiet", "Only errors on stderr: no progress, no summary.")
   p:flag("-v --verbose", "A line per request on stderr: method, path, status, time, request-id.")
   p:flag("--version", "Show the version and exit."):action(function() state.version = true end)
@@ -229,22 +241,32 @@ local flag_of = { base_url = "--graph-url", api_version = "--api-version", timeo
   ca_file = "--ca-file", cloud = "--cloud" }
 
 --- The client, or nil, message, exit kind ("credentials" or "settings").
-function Run:client()
+--- The settings the flags give (no credential).
+function Run:flag_settings()
   local a = self.args
   local graph_url = a.graph_url
   if graph_url == nil and os.getenv("GRAPH_URL") ~= "" then graph_url = os.getenv("GRAPH_URL") end
-  local ok, settings = pcall(env.settings, {
-    base_url = graph_url, api_version = a.api_version, cloud = a.cloud, timeout = a.timeout,
-    ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil,
-  })
+  return { base_url = graph_url, api_version = a.api_version, cloud = a.cloud, timeout = a.timeout,
+    ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil }
+end
+
+local function settings_message(err)
+  return (format.message(err):gsub("opts%.([%w_]+)", function(k) return flag_of[k] or k end))
+end
+
+--- The client, or nil, message, exit kind ("credentials" or "settings").
+-- fleet, name: the client of that tenant of the fleet.
+function Run:client(fleet, name)
+  if fleet then
+    local made, client, err = pcall(fleet.client, fleet, name)
+    if not made then return nil, settings_message(client), "settings" end
+    if not client then return nil, format.message(err), "credentials" end
+    return client
+  end
+  local ok, settings = pcall(env.settings, self:flag_settings())
   if not ok then return nil, format.message(settings), "credentials" end
   local made, client = pcall(vpp.new, settings)
-  if not made then
-    local message = format.message(client):gsub("opts%.([%w_]+)", function(k)
-      return flag_of[k] or k
-    end)
-    return nil, message, "settings"
-  end
+  if not made then return nil, settings_message(client), "settings" end
   return client
 end
 
@@ -253,17 +275,51 @@ local function colour()
 end
 
 -- Tokens as the chosen format.
-function Run:print_tokens(list)
+-- With a fleet (owner: token -> tenant name), copies that carry `tenant`.
+-- "k=v;k=v" for a CSV cell.
+local function labels_cell(labels)
+  local names, parts = {}, {}
+  for k in pairs(labels or {}) do names[#names + 1] = k end
+  table.sort(names)
+  for _, k in ipairs(names) do parts[#parts + 1] = k .. "=" .. labels[k] end
+  return table.concat(parts, ";")
+end
+
+-- labels_of: tenant name -> its labels (JSON: a table; CSV: a cell).
+local function with_tenants(list, owner, labels_of, csv)
+  if not owner then return list end
+  local out = {}
+  for i, t in ipairs(list) do
+    local copy = {}
+    for k, v in pairs(t) do copy[k] = v end
+    copy.tenant = owner[t]
+    copy.labels = labels_of and labels_of(owner[t])
+    if csv then copy.labels = labels_cell(copy.labels) end
+    out[i] = copy
+  end
+  return out
+end
+
+local function fields_with_tenant(names, owner)
+  if not owner then return names end
+  local out = { "tenant", "labels" }
+  for _, f in ipairs(names) do out[#out + 1] = f end
+  return out
+end
+
+function Run:print_tokens(list, owner)
   local f = self.args.format
+  local labels_of = function(name) return self:labels_of(name) end
   if f == "json" then
-    io.stdout:write(format.json(redact_all(list)))
+    io.stdout:write(format.json(redact_all(with_tenants(list, owner, labels_of))))
   elseif f == "csv" then
-    io.stdout:write(format.csv(list, format.token_fields))
+    io.stdout:write(format.csv(with_tenants(list, owner, labels_of, true),
+      fields_with_tenant(format.token_fields, owner)))
   elseif #list == 0 then
     self:say("no tokens match")
   else
     io.stdout:write(format.token_table(list, { warn_days = DEFAULT_WARN_DAYS, crit_days = DEFAULT_CRIT_DAYS,
-      colour = colour() }))
+      colour = colour(), tenants = owner }))
     local counts, parts = vpp.count_by(list, "state"), {}
     for _, s in ipairs(states) do
       if counts[s] then parts[#parts + 1] = ("%d %s"):format(counts[s], s) end
@@ -278,14 +334,18 @@ local function select_of(client, output)
   return fields.select(client:config().api_version, output)
 end
 
-function Run:list(client)
-  local all, err = client:list_tokens { select = select_of(client, self.args.format), deadline = self:left() }
-  if not all then return fail(err) end
+function Run:list_criteria()
   local a, criteria = self.args, {}
   if #a.state > 0 then criteria.state = a.state end
   if #a.sync_status > 0 then criteria.last_sync_status = a.sync_status end
   if a.expiring_within then criteria.expires_within = a.expiring_within * 86400 end
-  self:print_tokens(vpp.filter(all, criteria))
+  return criteria
+end
+
+function Run:list(client)
+  local all, err = client:list_tokens { select = select_of(client, self.args.format), deadline = self:left() }
+  if not all then return fail(err) end
+  self:print_tokens(vpp.filter(all, self:list_criteria()))
   return M.EXIT_OK
 end
 
@@ -300,7 +360,13 @@ local MIN_PREFIX = 8 -- the tables print 8 characters of an id
 -- id stays, a prefix of several ids, or one under 8 characters that is no
 -- id, is a usage error, and one that starts no id goes as given (Graph
 -- says whether it exists). nil, err when the listing fails.
-function Run:resolve(client, ids)
+function Run:resolve(client, ids, soft)
+  -- soft: a problem is returned (nil, { usage = message }), not raised (a
+  -- fleet's tenants resolve inside coroutines, where 5.1 cannot pcall).
+  local function problem(message)
+    if soft then return nil, { usage = message } end
+    usage_error(message)
+  end
   local out, other = {}, false
   for i, id in ipairs(ids) do
     out[i] = id
@@ -321,12 +387,12 @@ function Run:resolve(client, ids)
     end
     if not exact and not id:match(GUID) then
       if #id < MIN_PREFIX then
-        usage_error(("'%s' is no token id, and too short for the start of one (at least %d characters)")
+        return problem(("'%s' is no token id, and too short for the start of one (at least %d characters)")
           :format(id, MIN_PREFIX))
       end
       if #found > 1 then
         table.sort(found)
-        usage_error(("'%s' is the start of %d token ids: %s"):format(id, #found, table.concat(found, ", ")))
+        return problem(("'%s' is the start of %d token ids: %s"):format(id, #found, table.concat(found, ", ")))
       end
       if #found == 1 then out[i] = found[1] end
     end
@@ -508,24 +574,41 @@ function Run:print_outcomes(rows)
   if f == "json" then
     local out = format.array()
     for i, r in ipairs(rows) do
-      out[i] = { id = r.id, displayName = r.displayName, result = r.result, token = redact(r.token),
-        error = r.err and format.error_fields(r.err) }
+      out[i] = { tenant = r.tenant, labels = self:labels_of(r.tenant), id = r.id, displayName = r.displayName,
+        result = r.result, token = redact(r.token), error = r.err and format.error_fields(r.err) }
     end
     io.stdout:write(format.json(out))
   elseif f == "csv" then
-    io.stdout:write(format.csv(rows, { "id", "displayName", "result", "lastSyncStatus", "lastSyncDateTime", "error" }))
+    local columns = { "id", "displayName", "result", "lastSyncStatus", "lastSyncDateTime", "error" }
+    if self.fleet then
+      table.insert(columns, 1, "labels")
+      table.insert(columns, 1, "tenant")
+      for _, r in ipairs(rows) do r.labels = labels_cell(self:labels_of(r.tenant)) end
+    end
+    io.stdout:write(format.csv(rows, columns))
   elseif not self.args.quiet and #rows > 0 then
     local out = {}
     for i, r in ipairs(rows) do
       out[i] = { tostring(r.id):sub(1, 8), r.name, { r.result, result_colour[r.result] },
         format.utc(r.lastSyncDateTime), r.err and brief(r.err) or r.error or "" }
+      if self.fleet then table.insert(out[i], 1, r.tenant or "-") end
     end
-    io.stdout:write(format.table({ "ID", "NAME", "RESULT", "LAST SYNC (UTC)", "DETAIL" }, out, colour()))
+    local header = { "ID", "NAME", "RESULT", "LAST SYNC (UTC)", "DETAIL" }
+    if self.fleet then table.insert(header, 1, "TENANT") end
+    io.stdout:write(format.table(header, out, colour()))
   end
 end
 
 -- A progress line fed by on_result callbacks (result, done, total).
 function Run:progress(label)
+  if self.fleet_bar then
+    -- A fleet: one line counts tenants, and tokens as they end.
+    local fleet_bar = self.fleet_bar
+    return function()
+      self.tokens_done = (self.tokens_done or 0) + 1
+      fleet_bar.extra = ("%d tokens %s"):format(self.tokens_done, label)
+    end, function() end
+  end
   local bar
   return function(r, _, total)
     bar = bar or progress.new(label, total, not self.args.quiet)
@@ -550,18 +633,33 @@ local function collect(rows, results, known)
 end
 
 --- Runs syncs (or, with --dry-run, shows what they would be) and reports.
-function Run:sync(client)
+function Run:check_sync_args()
   local a = self.args
   if a.all and #a.id > 0 then usage_error("give token ids or --all, not both") end
   if not a.all and #a.id == 0 then usage_error("give token ids, or --all") end
   if not a.all and (#a.state > 0 or a.include_in_progress) then
     usage_error("--state and --include-in-progress go with --all")
   end
-  local rows, skipped, known = {}, {}, {}
+end
+
+function Run:sync(client)
+  self:check_sync_args()
+  local rows, listed_or_err = self:sync_rows(client)
+  if not rows then return fail(listed_or_err) end
+  self.listed = listed_or_err
+  return self:report(rows)
+end
+
+--- The syncs (or, with --dry-run, what they would be) on one client: the
+-- rows and how many tokens were listed, or nil, err.
+function Run:sync_rows(client)
+  local a = self.args
+  local rows, skipped, known, listed = {}, {}, {}, nil
+  local ids = a.id
   if not a.all then
-    local ids, err = self:resolve(client, a.id)
-    if not ids then return fail(err) end
-    a.id = ids
+    local resolved, err = self:resolve(client, a.id)
+    if not resolved then return nil, err end
+    ids = resolved
   end
   if a.all then
     local step, done = self:progress("syncing")
@@ -570,12 +668,12 @@ function Run:sync(client)
       concurrency = a.concurrency, on_result = step, dry_run = a.dry_run, deadline = self:left(),
     }
     done()
-    if not report then return fail(err) end
+    if not report then return nil, err end
     for _, t in ipairs(report.skipped) do
       skipped[#skipped + 1] = outcome(t.id, t, "skipped", nil, nil, "already syncing")
     end
     for _, t in ipairs(report.tokens) do known[t.id] = t end
-    self.listed = report.listed
+    listed = report.listed
     if a.dry_run then
       for _, t in ipairs(report.tokens) do rows[#rows + 1] = outcome(t.id, t, "would sync") end
     else
@@ -583,19 +681,19 @@ function Run:sync(client)
     end
   elseif a.dry_run then
     -- Read each token, so the dry run proves the ids exist.
-    local results = client:get_many(a.id, { concurrency = a.concurrency, deadline = self:left() })
+    local results = client:get_many(ids, { concurrency = a.concurrency, deadline = self:left() })
     for _, r in ipairs(results) do
       rows[#rows + 1] = r.err and outcome(r.id, nil, failure(r.err), r.err) or outcome(r.id, r.token, "would sync")
     end
   else
     local step, done = self:progress("syncing")
-    local results = client:sync_many(a.id, { concurrency = a.concurrency, on_result = step, deadline = self:left() })
+    local results = client:sync_many(ids, { concurrency = a.concurrency, on_result = step, deadline = self:left() })
     done()
     collect(rows, results, known)
   end
   if a.wait and not a.dry_run and not self.caught.signal then self:wait(client, rows) end
   for _, r in ipairs(skipped) do rows[#rows + 1] = r end
-  return self:report(rows)
+  return rows, listed
 end
 
 
@@ -638,6 +736,13 @@ function Run:report(rows)
   local line = ("%d token%s: %s"):format(#rows, #rows == 1 and "" or "s",
     #parts > 0 and table.concat(parts, ", ") or "nothing to sync")
   if self.listed then line = line .. (" (%d listed)"):format(self.listed) end
+  if self.fleet then
+    line = line .. (" in %d tenant%s"):format(self.fleet_size, self.fleet_size == 1 and "" or "s")
+    if self.tenants_failed > 0 then
+      line = line .. ("; %d tenant%s failed"):format(self.tenants_failed, self.tenants_failed == 1 and "" or "s")
+      bad = bad + self.tenants_failed
+    end
+  end
   if self:interruption() then
     io.stderr:write("vpp: ", self:interruption(), ": ", line, "\n")
     self.summarised = true
@@ -679,13 +784,168 @@ function Run:check(client)
     end
     return self:check_unknown(err)
   end
-  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
+  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time(), tenant = self.tenant_name }
   local report = check.evaluate(all, opts)
   io.stdout:write(check.outputs[a.format].report(report, opts))
   return report.status
 end
 
+-- ---- fleets ------------------------------------------------------------------------------
+
+--- The fleet of the tenants file and the names of the tenants picked by
+-- --tenant and --shard; raises a usage error for a bad file or name.
+function Run:open_fleet(path, settings)
+  local fleet_mod = require "vpp.fleet"
+  local ok, fleet = pcall(vpp.fleet_from_file, path, settings)
+  if not ok then usage_error(format.message(fleet):gsub("^vpp: ", "")) end
+  local a, wanted, names = self.args, {}, {}
+  for _, n in ipairs(a.tenant) do
+    if not fleet.by_name[n] then usage_error(("no tenant named '%s' in %s"):format(n, path)) end
+    wanted[n] = true
+  end
+  for _, t in ipairs(fleet.tenants) do
+    if (#a.tenant == 0 or wanted[t.name]) and (not a.shard or fleet_mod.shard_of(t.name, a.shard.n) == a.shard.k) then
+      names[#names + 1] = t.name
+    end
+  end
+  return fleet, names
+end
+
+--- The tenant's labels from the tenants file (nil when it has none).
+function Run:labels_of(name)
+  local t = self.fleet and self.fleet.by_name[name]
+  if t and next(t.labels) then return t.labels end
+end
+
+function Run:tenant_failed(r)
+  self.tenants_failed = self.tenants_failed + 1
+  if r.err and r.err.kind == "cancelled" then return end
+  local message = r.err and (r.err.usage or format.message(r.err)) or "failed"
+  io.stderr:write(("vpp: tenant %s: %s\n"):format(r.tenant, message))
+end
+
+--- fn(client, tenant) on each picked tenant, on one loop, with a progress
+-- line counting tenants (and tokens); the results, failures said on stderr.
+function Run:across(fleet, names, label, fn)
+  self.fleet_size, self.tenants_failed = #names, 0
+  local bar = progress.new(label, #names, not self.args.quiet and label ~= nil)
+  self.fleet_bar = bar
+  local results = fleet:run(fn, { tenants = names, deadline = self.deadline_at and self:left(),
+    on_result = function(r) bar:step(not r.ok) end })
+  bar:finish()
+  self.fleet_bar = nil
+  return results
+end
+
+function Run:fleet_list(fleet, names)
+  local a = self.args
+  local results = self:across(fleet, names, "tenants", function(client)
+    return client:list_tokens { select = select_of(client, a.format), deadline = self:left() }
+  end)
+  local all, owner = {}, {}
+  for _, r in ipairs(results) do
+    if r.ok then
+      for _, t in ipairs(r.value) do
+        all[#all + 1] = t
+        owner[t] = r.tenant
+      end
+    else
+      self:tenant_failed(r)
+    end
+  end
+  self:print_tokens(vpp.filter(all, self:list_criteria()), owner)
+  return self.tenants_failed > 0 and M.EXIT_FAILURE or M.EXIT_OK
+end
+
+function Run:fleet_sync(fleet, names)
+  self:check_sync_args()
+  if not self.args.all then usage_error("with --tenants, sync takes --all (token ids need one --tenant)") end
+  local results = self:across(fleet, names, "tenants", function(client)
+    local rows, listed = self:sync_rows(client)
+    if not rows then return nil, listed end
+    return { rows = rows, listed = listed }
+  end)
+  local rows, listed = {}, 0
+  for _, r in ipairs(results) do
+    if r.ok then
+      for _, row in ipairs(r.value.rows) do
+        row.tenant = r.tenant
+        rows[#rows + 1] = row
+      end
+      listed = listed + (r.value.listed or 0)
+    else
+      self:tenant_failed(r)
+    end
+  end
+  self.listed = listed
+  return self:report(rows)
+end
+
+function Run:fleet_check(fleet, names)
+  local a = self.args
+  local results = self:across(fleet, names, nil, function(client)
+    return client:list_tokens { select = select_of(client, "check"), deadline = self:left() }
+  end)
+  if self.caught.signal then return self:check_unknown { summary = "interrupted" } end
+  local entries = {}
+  for i, r in ipairs(results) do
+    local err = r.err
+    if err and err.code == "deadline" then
+      err = { summary = ("timed out after %g s"):format(self.limit) }
+    end
+    entries[i] = { tenant = r.tenant, tokens = r.ok and r.value or nil, err = err, labels = self:labels_of(r.tenant) }
+  end
+  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
+  local report = check.evaluate_fleet(entries, opts)
+  io.stdout:write(check.fleet_outputs[a.format](report, opts))
+  return report.status
+end
+
+-- get ID: looked for in every tenant (a start of an id resolved in each).
+function Run:fleet_get(fleet, names)
+  local id = self.args.id
+  local results = self:across(fleet, names, "tenants", function(client)
+    local ids, err = self:resolve(client, { id }, true)
+    if not ids then return nil, err end
+    local token, gerr = client:get_token(ids[1])
+    if token then return token end
+    if gerr.status == 404 then return false end
+    return nil, gerr
+  end)
+  local found = {}
+  for _, r in ipairs(results) do
+    if not r.ok then
+      self:tenant_failed(r)
+    elseif r.value then
+      local t = redact(r.value)
+      if t == r.value then
+        t = {}
+        for k, v in pairs(r.value) do t[k] = v end
+      end
+      t.tenant, t.labels = r.tenant, self:labels_of(r.tenant)
+      found[#found + 1] = t
+    end
+  end
+  if #found == 0 then
+    io.stderr:write(("vpp: no tenant has a token %s\n"):format(id))
+    return M.EXIT_FAILURE
+  end
+  local f = self.args.format
+  if f == "json" then
+    io.stdout:write(format.json(#found == 1 and found[1] or format.array(found)))
+  elseif f == "csv" then
+    for _, t in ipairs(found) do t.labels = labels_cell(t.labels) end
+    io.stdout:write(format.csv(found, fields_with_tenant(format.token_fields, true)))
+  else
+    for _, t in ipairs(found) do io.stdout:write(format.token_detail(t, colour())) end
+  end
+  return self.tenants_failed > 0 and M.EXIT_FAILURE or M.EXIT_OK
+end
+
 -- ---- main ------------------------------------------------------------------------------
+
+-- With --tenants, these run across the fleet.
+local fleet_commands = { list = Run.fleet_list, sync = Run.fleet_sync, check = Run.fleet_check, get = Run.fleet_get }
 
 local commands = { list = Run.list, get = Run.get, sync = Run.sync, ["sync-apps"] = Run.sync_apps, check = Run.check,
   licenses = Run.licenses, ["revoke-licenses"] = Run.revoke_licenses, ["sync-license-counts"] = Run.sync_license_counts,
@@ -732,7 +992,38 @@ local function run(args)
     io.stderr:write(usage, "\n\nvpp: --crit-days must not be more than --warn-days\n")
     return check.UNKNOWN
   end
-  local client, message, kind = self:client()
+  local tenants_file = parsed.tenants
+  if tenants_file == nil and (os.getenv("VPP_TENANTS") or "") ~= "" then tenants_file = os.getenv("VPP_TENANTS") end
+  if not tenants_file and (#parsed.tenant > 0 or parsed.shard) then
+    io.stderr:write(usage, "\n\nvpp: --tenant and --shard go with --tenants\n")
+    return usage_exit(name)
+  end
+  local fleet, names
+  local command = commands[name]
+  if tenants_file then
+    local opened, f, picked = pcall(self.open_fleet, self, tenants_file, self:flag_settings())
+    if not opened then
+      if getmetatable(f) ~= UsageError then error(f, 0) end
+      io.stderr:write(usage, "\n\nvpp: ", f.message, "\n")
+      return usage_exit(name)
+    end
+    fleet, names = f, picked
+    if fleet_commands[name] then
+      command = function(run_self) return fleet_commands[name](run_self, fleet, names) end
+      self.fleet = fleet
+    elseif #names ~= 1 then
+      io.stderr:write(usage, ("\n\nvpp: with --tenants, %s runs on one tenant: pick it with --tenant NAME\n"):format(name))
+      return usage_exit(name)
+    else
+      self.tenant_name = names[1]
+    end
+  end
+  local client, message, kind
+  if self.fleet then
+    client = fleet
+  else
+    client, message, kind = self:client(fleet, self.tenant_name)
+  end
   if not client then
     if kind == "settings" then
       io.stderr:write(usage, "\n\nvpp: ", message, "\n")
@@ -747,7 +1038,7 @@ local function run(args)
   if self.limit then self.deadline_at = core._clock() + self.limit end
   caught.client = client
   if caught.signal then client:cancel() end -- it came while the client was made
-  local done, code = pcall(commands[name], self, client)
+  local done, code = pcall(command, self, client)
   caught.client = nil
   client:close()
   if done and caught.signal and name ~= "check" then

@@ -26,6 +26,11 @@ for _, k in ipairs(SETTINGS) do settable[k], tenant_keys[k] = true, true end
 
 local DEFAULT_CONCURRENCY = 16
 
+-- The names the command's outputs already use (Prometheus labels, fields).
+local RESERVED_LIST = "tenant, id, display_name, apple_id, state, status, labels"
+local RESERVED_LABELS = {}
+for k in RESERVED_LIST:gmatch("[%w_]+") do RESERVED_LABELS[k] = true end
+
 -- ---- the tenants file ------------------------------------------------------
 
 --- Raises a bad fleet's error: "vpp: <where>: <what>".
@@ -57,6 +62,9 @@ local function check_entry(entry, allowed, where, null)
     for k, v in pairs(labels) do
       if type(k) ~= "string" or not k:match("^[%a_][%w_]*$") then
         bad(where, ("label name '%s' must be letters, digits and _"):format(tostring(k)))
+      end
+      if RESERVED_LABELS[k] then
+        bad(where, ("label name '%s' is one of the command's own (%s)"):format(k, RESERVED_LIST))
       end
       if type(v) ~= "string" and type(v) ~= "number" and type(v) ~= "boolean" then
         bad(where, ("label '%s' must be a string"):format(k))
@@ -320,13 +328,19 @@ function Fleet:run(fn, opts)
     if not step(e) then active[#active + 1] = e end
   end
 
+  local cancels = self.cancels
+  self.active = active
   while true do
-    if deadline_at and not late and core._clock() >= deadline_at then
+    local why = not late and (self.cancels ~= cancels and "cancelled"
+      or deadline_at and core._clock() >= deadline_at and "deadline")
+    if why then
       late = true
       for _, e in ipairs(active) do e.client:cancel() end
       for k = next_one, #picked do
-        finish(k, { tenant = picked[k].name, ok = false,
-          err = core._error("timeout", "deadline", "opts.deadline passed before this tenant started",
+        finish(k, { tenant = picked[k].name, ok = false, err = why == "cancelled"
+          and core._error("cancelled", "cancelled", "fleet:cancel() ended the run before this tenant started",
+            { tenant = picked[k].name })
+          or core._error("timeout", "deadline", "opts.deadline passed before this tenant started",
             { tenant = picked[k].name }) })
       end
       next_one = #picked + 1
@@ -356,8 +370,27 @@ function Fleet:run(fn, opts)
       if not due or not step(e) then still[#still + 1] = e end
     end
     active = still
+    self.active = active
   end
+  self.active = nil
   return results
+end
+
+--- Ends a run under way (from a callback, a signal handler's hook, another
+-- coroutine): what runs is cancelled, nothing more starts.
+function Fleet:cancel()
+  self.cancels = self.cancels + 1
+  for _, e in ipairs(self.active or {}) do e.client:cancel() end
+end
+
+--- A blocking client for one tenant (the command's single-tenant calls),
+-- or nil, err when its credential cannot be had.
+function Fleet:client(name)
+  local t = self.by_name[name]
+  if not t then error(("vpp: no tenant named '%s' in the fleet"):format(tostring(name)), 2) end
+  local settings, err = client_settings(t, self.client_opts, self.getenv)
+  if not settings then return nil, err end
+  return core.new(settings)
 end
 
 --- fleet:sync_all(opts [, run_opts]), fleet:list_tokens(query [, run_opts]):
@@ -397,7 +430,8 @@ function M.new(tenants, opts)
   for k, v in pairs(opts) do
     if k ~= "getenv" then base[k] = v end
   end
-  local self = setmetatable({ tenants = tenants, by_name = {}, client_opts = base, getenv = getenv }, Fleet)
+  local self = setmetatable({ tenants = tenants, by_name = {}, client_opts = base, getenv = getenv, cancels = 0 },
+    Fleet)
   for _, t in ipairs(tenants) do self.by_name[t.name] = t end
   return self
 end

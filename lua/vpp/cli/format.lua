@@ -202,7 +202,8 @@ local function text(v)
 end
 
 --- The people's view of tokens: short id, name, state, last sync, expiry.
--- thresholds = { warn_days, crit_days } colour the days left.
+-- opts: warn_days and crit_days colour the days left; tenants (token ->
+-- tenant name) adds a TENANT column first.
 function M.token_table(list, opts)
   local now = opts.now or core._time()
   local rows = {}
@@ -212,15 +213,19 @@ function M.token_table(list, opts)
     if days and days < 0 then days_colour = "red"
     elseif days and days < opts.crit_days then days_colour = "red"
     elseif days and days < opts.warn_days then days_colour = "yellow" end
-    rows[#rows + 1] = {
+    local row = {
       text(t.id):sub(1, 8), name_of(t),
       { text(t.state), state_colour[t.state] or "yellow" },
       { text(t.lastSyncStatus), sync_colour[t.lastSyncStatus] },
       M.utc(t.lastSyncDateTime), M.utc(t.expirationDateTime, false),
       { days and tostring(days) or "-", days_colour },
     }
+    if opts.tenants then table.insert(row, 1, opts.tenants[t] or "-") end
+    rows[#rows + 1] = row
   end
-  return M.table({ "ID", "NAME", "STATE", "SYNC", "LAST SYNC (UTC)", "EXPIRES", "DAYS" }, rows, opts.colour)
+  local header = { "ID", "NAME", "STATE", "SYNC", "LAST SYNC (UTC)", "EXPIRES", "DAYS" }
+  if opts.tenants then table.insert(header, 1, "TENANT") end
+  return M.table(header, rows, opts.colour)
 end
 
 --- One token, a property per line (nested values as compact JSON).

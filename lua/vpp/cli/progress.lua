@@ -27,6 +27,7 @@ function M:line()
   -- No rate from the first instants: one item in a millisecond is no rate.
   local rate = elapsed >= 0.25 and self.done / elapsed or nil
   local parts = { ("%s %d/%d"):format(self.label, self.done, self.total) }
+  if self.extra then parts[#parts + 1] = self.extra end
   if self.failed > 0 then parts[#parts + 1] = ("%d failed"):format(self.failed) end
   if rate then parts[#parts + 1] = ("%.1f/s"):format(rate) end
   if rate and rate > 0 and self.done < self.total then
