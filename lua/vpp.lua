@@ -41,7 +41,9 @@ end
 --- A fleet from a YAML tenants file; raises one clear error for a bad file.
 function vpp.fleet_from_file(path, opts)
   local fleet = require "vpp.fleet"
-  return fleet.new(fleet.read_file(path), opts)
+  return fleet.new(fleet.read_file(path), opts, function(t)
+    return ("tenants file %s, tenant '%s'%s"):format(path, t.name, t.line and (" (line %d)"):format(t.line) or "")
+  end)
 end
 
 --- True when `v` is an error table returned by a vpp call.

@@ -231,6 +231,21 @@ tenants:
     assert.matches("%d+ tokens syncing", r.out)
   end)
 
+  it("SIGINT ends a fleet's run at once: what finished is printed, exit 130", function()
+    fx.server:config { sync_seconds = 60 }
+    local core = require "vpp.core"
+    local t0 = core._clock()
+    local env = {}
+    for k, v in pairs(fx.env) do env[k] = v end
+    local r = fx.cli.run({ "--tenants", path, "sync", "--all", "--wait", "--wait-interval", "0.2", "--format", "csv",
+      "--tenant", "contoso", "--tenant", "fabrikam" }, env, { signal = "INT", after = 1.5 })
+    assert.equal(130, r.code, r.err)
+    assert.is_true(core._clock() - t0 < 4 * support.SLOWDOWN)
+    assert.matches("vpp: interrupted by SIGINT", r.err)
+    assert.matches("\ncontoso,[^\n]*,interrupted,", r.out)
+    assert.matches("\nfabrikam,[^\n]*,interrupted,", r.out)
+  end)
+
   it("a bad tenants file is one line naming it (usage error; check: UNKNOWN)", function()
     local f = assert(io.open(path, "w"))
     f:write("tenants:\n  - name: a\n    tenant_id: x\n    colour: red\n")

@@ -154,6 +154,8 @@ tenants:
         { "defaults:\n  client_id: x\n  colour: red\ntenants: []\n", "defaults: unknown key 'colour'" },
         { "tenant:\n  - name: a\n", "unknown key 'tenant' %(expected defaults, tenants%)" },
         { "tenants: []\n", "tenants must be a non%-empty list" },
+        { ("tenants:\n  - name: e\n    tenant_id: %s\n    client_id: x\n    client_secret_env: S\n"
+          .. "    timeout: -1\n"):format(TENANTS[1]), "tenant 'e' %(line 2%): opts%.timeout must be" },
         { ("tenants:\n  - name: d\n    tenant_id: %s\n    client_id: x\n    client_secret_env: S\n"
           .. "    labels: { state: x }\n"):format(TENANTS[1]), "tenant 'd' %(line 2%): label name 'state' is one of" },
       }

@@ -137,7 +137,8 @@ function M.normalize(spec, src)
     if not (settings.managed_identity or settings.access_token_env) and type(settings.client_id) ~= "string" then
       bad(w, "client_id is missing")
     end
-    out[i] = { name = name, tenant_id = tenant_id, settings = settings, labels = labels, index = i }
+    out[i] = { name = name, tenant_id = tenant_id, settings = settings, labels = labels, index = i,
+      line = src.line_of and src.line_of(name) }
   end
   return out
 end
@@ -183,7 +184,7 @@ local function credential_error(tenant, message)
 end
 
 --- vpp.new's settings for the tenant, the references read; or nil, err.
-local function client_settings(tenant, base, getenv)
+local function client_settings(tenant, base, getenv, dry)
   local s, o = tenant.settings, {}
   for k, v in pairs(base or {}) do o[k] = v end
   for _, k in ipairs { "client_id", "cloud", "authority", "base_url", "api_version", "rate_limit", "timeout",
@@ -202,6 +203,7 @@ local function client_settings(tenant, base, getenv)
     if not o.client_secret then return nil, credential_error(tenant, ("$%s is not set"):format(s.client_secret_env)) end
   elseif s.client_secret_file then
     local text, err = read_all(s.client_secret_file)
+    if dry then text = "x" end
     if not text then return nil, credential_error(tenant, "client_secret_file cannot be read: " .. tostring(err)) end
     o.client_secret = text:match("^%s*(.-)%s*$")
   elseif s.access_token_env then
@@ -217,6 +219,19 @@ local function client_settings(tenant, base, getenv)
   end
   if o.managed_identity then o.client_id, o.tenant_id = nil, nil end
   return o
+end
+
+--- Raises, naming the tenant, for settings vpp.new refuses (a bad timeout,
+-- base_url, cloud...): found when the fleet is made, not when the tenant
+-- runs.  Credentials are not read for it (a secret file may come later).
+local function check_settings(tenants, base, where)
+  local function any() return "x" end
+  for _, t in ipairs(tenants) do
+    local settings = client_settings(t, base, any, true)
+    local ok, client = pcall(core.new, settings)
+    if not ok then bad(where(t), (tostring(client):gsub("^vpp: ", ""))) end
+    client:close()
+  end
 end
 
 -- ---- the scheduler -------------------------------------------------------------
@@ -259,7 +274,8 @@ local run_options = { concurrency = true, tenants = true, deadline = true, on_re
 -- Returns, in the fleet's order, { tenant, ok, value, err } per tenant,
 -- with results.ok and results.failed.  An error raised in fn is that
 -- tenant's err (kind "error", code "raised"); opts.deadline (seconds)
--- cancels what still runs and starts nothing more (err code "deadline").
+-- cancels the calls under way (fn gets their "cancelled" errors, and what
+-- it returns stands) and starts nothing more (err code "deadline").
 function Fleet:run(fn, opts)
   if type(fn) ~= "function" then error("bad argument #1 to 'run' (a function expected, got " .. type(fn) .. ")", 2) end
   if opts ~= nil and type(opts) ~= "table" then error("bad argument #2 to 'run' (opts must be a table)", 2) end
@@ -300,10 +316,7 @@ function Fleet:run(fn, opts)
         err = core._error("error", "raised", message, { tenant = t.name }) })
     elseif r[2] == nil and r[3] ~= nil then -- fn returned nil, err
       finish(e.k, { tenant = t.name, ok = false, err = r[3] })
-    elseif late then
-      finish(e.k, { tenant = t.name, ok = false, value = r[2],
-        err = core._error("timeout", "deadline", "opts.deadline passed before this tenant finished", { tenant = t.name }) })
-    else
+    else -- after a cancel or the deadline too: fn saw its calls end, and said what it made of it
       finish(e.k, { tenant = t.name, ok = true, value = r[2] })
     end
     return true
@@ -423,7 +436,7 @@ function Fleet:close() self.closed = true end
 
 --- A fleet of the tenants in spec; opts: client settings every tenant's
 -- client starts from (the file's win), getenv (for tests).
-function M.new(tenants, opts)
+function M.new(tenants, opts, where)
   opts = opts or {}
   local getenv = opts.getenv or os.getenv
   local base = {}
@@ -433,6 +446,7 @@ function M.new(tenants, opts)
   local self = setmetatable({ tenants = tenants, by_name = {}, client_opts = base, getenv = getenv, cancels = 0 },
     Fleet)
   for _, t in ipairs(tenants) do self.by_name[t.name] = t end
+  check_settings(tenants, base, where or function(t) return ("vpp.fleet, tenant '%s'"):format(t.name) end)
   return self
 end
 
