@@ -50,9 +50,6 @@ wait $t; echo "exit $? fds $most"]]):format(out, interpreter, file, args)
     end
     local rounds = { sync = 4, check = 2 } -- sync: token, list, the syncs, one poll; check: token, list
     local waves = math.ceil(TENANTS / CONCURRENCY)
-    server:reset()
-    server:app { tenants = ids, client_id = "bench-app", client_secret = "bench-secret" }
-    server:config { token_latency = LATENCY, log = false, latency = LATENCY, sync_seconds = 0 }
     local sync = measure("sync --all --wait")
     local requests = server:stats()
     local check = measure("check")

@@ -178,9 +178,7 @@ end
 -- A sync's length: sync_seconds, spread over [0.5, 1.5) of it by the id,
 -- so that the tokens of one tenant do not all finish at once.
 local function sync_length(id)
-  local h = 0
-  for i = 1, #id do h = (h * 31 + id:byte(i)) % 1000003 end
-  return setting("sync_seconds") * (0.5 + (h % 1000) / 1000)
+  return setting("sync_seconds") * (0.5 + (name_hash(id) % 1000) / 1000)
 end
 
 -- Tokens Apple refuses: their syncs end "failed".

@@ -9,11 +9,7 @@ local APP = "0f0e0d0c-0000-4000-8000-00000000f1ee"
 local T = {}
 for i = 1, 4 do T[i] = ("2000000%d-0000-4000-8000-000000000000"):format(i) end
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("([^\n]*)\n") do out[#out + 1] = l end
-  return out
-end
+local lines = support.lines
 
 describe("vpp --tenants", function()
   local fx = support.cli_fixture { tokens = 3 }

@@ -39,11 +39,7 @@ local function parse_csv(text)
   return rows
 end
 
-local function lines(s)
-  local out = {}
-  for l in s:gmatch("([^\n]*)\n") do out[#out + 1] = l end
-  return out
-end
+local lines = support.lines
 
 describe("the vpp command", function()
   local fx = support.cli_fixture { tokens = 30, sync_seconds = 0.3 }

@@ -52,6 +52,13 @@ function M.fake_graph(opts, client_opts)
   return f
 end
 
+--- The lines of s (each ended by a newline).
+function M.lines(s)
+  local out = {}
+  for l in s:gmatch("([^\n]*)\n") do out[#out + 1] = l end
+  return out
+end
+
 -- Every string reachable from v (keys, values, tostring of tables).
 function M.strings(v, out, seen)
   out, seen = out or {}, seen or {}

@@ -400,12 +400,8 @@ function Run:resolve(client, ids, soft)
   return out
 end
 
-function Run:get(client)
-  local ids, lerr = self:resolve(client, { self.args.id })
-  if not ids then return fail(lerr) end
-  local got = client:get_many(ids, { deadline = self:left() })[1]
-  local token, err = got.token, got.err
-  if not token then return fail(err) end
+-- A token as get prints it (and set and renew, after the change).
+function Run:print_token(token)
   token = redact(token)
   local f = self.args.format
   if f == "json" then
@@ -415,6 +411,14 @@ function Run:get(client)
   else
     io.stdout:write(format.token_detail(token, colour()))
   end
+end
+
+function Run:get(client)
+  local ids, lerr = self:resolve(client, { self.args.id })
+  if not ids then return fail(lerr) end
+  local got = client:get_many(ids, { deadline = self:left() })[1]
+  if not got.token then return fail(got.err) end
+  self:print_token(got.token)
   return M.EXIT_OK
 end
 
@@ -485,19 +489,6 @@ function Run:sync_license_counts(client)
   return M.EXIT_OK
 end
 
--- A token as get prints it, after a change.
-function Run:print_token(token)
-  token = redact(token)
-  local f = self.args.format
-  if f == "json" then
-    io.stdout:write(format.json(token))
-  elseif f == "csv" then
-    io.stdout:write(format.csv({ token }, format.token_fields))
-  else
-    io.stdout:write(format.token_detail(token, colour()))
-  end
-end
-
 function Run:update(client, changes, secret)
   local ids, lerr = self:resolve(client, { self.args.id })
   if not ids then return fail(lerr) end
@@ -508,7 +499,7 @@ function Run:update(client, changes, secret)
       local from, to = err.message:find(secret, 1, true)
       while from do
         err.message = err.message:sub(1, from - 1) .. "[redacted]" .. err.message:sub(to + 1)
-        from, to = err.message:find(secret, from + 10, true)
+        from, to = err.message:find(secret, from + #"[redacted]", true)
       end
     end
     return fail(err)

@@ -16,6 +16,11 @@ local SETTINGS = { "client_id", "cloud", "authority", "base_url", "api_version",
   "client_key_password_env", "managed_identity", "imds_url", "access_token_env" }
 local CREDENTIALS = { "client_secret", "client_secret_env", "client_secret_file", "client_certificate",
   "managed_identity", "access_token_env" }
+-- What the fleet reads itself (references to credentials, labels), not a
+-- vpp.new setting.
+local NOT_FOR_NEW = { client_secret_env = true, client_secret_file = true, client_key_password_env = true,
+  access_token_env = true, labels = true }
+
 -- What goes with a credential: taken whole from the tenant or the defaults.
 local CREDENTIAL_GROUP = { "client_secret", "client_secret_env", "client_secret_file", "client_certificate",
   "client_key", "client_key_password_env", "managed_identity", "imds_url", "access_token_env" }
@@ -187,10 +192,8 @@ end
 local function client_settings(tenant, base, getenv, dry)
   local s, o = tenant.settings, {}
   for k, v in pairs(base or {}) do o[k] = v end
-  for _, k in ipairs { "client_id", "cloud", "authority", "base_url", "api_version", "rate_limit", "timeout",
-    "connect_timeout", "max_retries", "ca_file", "client_certificate", "client_key", "managed_identity", "imds_url",
-    "client_secret" } do
-    if s[k] ~= nil then o[k] = s[k] end
+  for _, k in ipairs(SETTINGS) do
+    if s[k] ~= nil and not NOT_FOR_NEW[k] then o[k] = s[k] end
   end
   o.tenant_id = tenant.tenant_id
   local function env(name)

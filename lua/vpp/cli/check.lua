@@ -168,11 +168,13 @@ end
 
 function M.json(report, opts) return format.json(json_table(report, opts)) end
 
-function M.unknown_json(err, opts)
-  return format.json({ status = "UNKNOWN", exit_code = M.UNKNOWN, summary = unknown_summary(err),
+local function unknown_table(err, opts)
+  return { status = "UNKNOWN", exit_code = M.UNKNOWN, summary = unknown_summary(err),
     checked_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(opts.now)),
-    error = format.error_fields(err) })
+    error = format.error_fields(err) }
 end
+
+function M.unknown_json(err, opts) return format.json(unknown_table(err, opts)) end
 
 -- Prometheus text format: label values escape \, " and newlines.
 local function label(v)
@@ -351,8 +353,7 @@ local function fleet_json(fleet, opts)
     warn_days = opts.warn_days, crit_days = opts.crit_days,
     checked_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(opts.now)), tenants = format.array() }
   for _, e in ipairs(fleet.entries) do
-    local one = e.report and json_table(e.report, opts) or
-      { status = "UNKNOWN", exit_code = M.UNKNOWN, summary = unknown_summary(e.err), error = format.error_fields(e.err) }
+    local one = e.report and json_table(e.report, opts) or unknown_table(e.err, opts)
     one.tenant, one.labels = e.tenant, e.labels and next(e.labels) and e.labels or nil
     one.warn_days, one.crit_days, one.checked_at = nil, nil, nil
     out.tenants[#out.tenants + 1] = one
