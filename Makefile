@@ -40,6 +40,10 @@ LDFLAGS_SHARED ?= -shared
 endif
 LIBS = $(CURL_LIBS) $(CRYPTO_LIBS) -lm -lpthread
 
+MANDIR ?= $(PREFIX)/share/man
+BASH_COMPLETION_DIR ?= $(PREFIX)/share/bash-completion/completions
+ZSH_COMPLETION_DIR ?= $(PREFIX)/share/zsh/site-functions
+FISH_COMPLETION_DIR ?= $(PREFIX)/share/fish/vendor_completions.d
 LUA_LIBDIR = $(PREFIX)/lib/lua/$(LUA_ABI)
 LUA_SHAREDIR = $(PREFIX)/share/lua/$(LUA_ABI)
 BINDIR = $(PREFIX)/bin
@@ -54,7 +58,7 @@ CORE = $(BUILD)/vpp/core.so
 DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse \
-  lua-cqueues lua-luv lua-yaml
+  lua-cqueues lua-luv lua-yaml python3-prometheus-client bash util-linux
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
@@ -174,9 +178,27 @@ lint: deps
 	clang-tidy --quiet $(SRCS) spec/host/*.c fuzz/*.c -- $(VPP_CFLAGS)
 	clang-format --dry-run --Werror $(C_FILES)
 
-# The command runs on the Lua it was installed for.
-install: $(CORE)
+# Shell completions, generated from the command's own parser (vpp completion).
+COMPLETIONS = $(BUILD)/completions/vpp.bash $(BUILD)/completions/_vpp $(BUILD)/completions/vpp.fish
+$(BUILD)/completions/vpp.bash: $(CORE) lua/vpp/cli.lua
+	@mkdir -p $(dir $@)
+	$(LUA) bin/vpp completion bash > $@.tmp && mv $@.tmp $@
+$(BUILD)/completions/_vpp: $(CORE) lua/vpp/cli.lua
+	@mkdir -p $(dir $@)
+	$(LUA) bin/vpp completion zsh > $@.tmp && mv $@.tmp $@
+$(BUILD)/completions/vpp.fish: $(CORE) lua/vpp/cli.lua
+	@mkdir -p $(dir $@)
+	$(LUA) bin/vpp completion fish > $@.tmp && mv $@.tmp $@
+
+# The command runs on the Lua it was installed for; its man page and
+# completions go beside it.
+install: $(CORE) $(COMPLETIONS)
 	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop $(DESTDIR)$(BINDIR)
+	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DESTDIR)$(FISH_COMPLETION_DIR)
+	install -m 644 doc/vpp.1 $(DESTDIR)$(MANDIR)/man1/vpp.1
+	install -m 644 $(BUILD)/completions/vpp.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/vpp
+	install -m 644 $(BUILD)/completions/_vpp $(DESTDIR)$(ZSH_COMPLETION_DIR)/_vpp
+	install -m 644 $(BUILD)/completions/vpp.fish $(DESTDIR)$(FISH_COMPLETION_DIR)/vpp.fish
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
 	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
 	install -m 644 lua/vpp/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/
@@ -187,6 +209,8 @@ install: $(CORE)
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua $(DESTDIR)$(BINDIR)/vpp
+	rm -f $(DESTDIR)$(MANDIR)/man1/vpp.1 $(DESTDIR)$(BASH_COMPLETION_DIR)/vpp $(DESTDIR)$(ZSH_COMPLETION_DIR)/_vpp \
+	  $(DESTDIR)$(FISH_COMPLETION_DIR)/vpp.fish
 	rm -rf $(DESTDIR)$(LUA_SHAREDIR)/vpp
 
 clean:

@@ -39,11 +39,13 @@ build = {
     ["vpp.loop.cqueues"] = "lua/vpp/loop/cqueues.lua",
     ["vpp.loop.luv"] = "lua/vpp/loop/luv.lua",
     ["vpp.fleet"] = "lua/vpp/fleet.lua",
+    ["vpp.health"] = "lua/vpp/health.lua",
     ["vpp.cli"] = "lua/vpp/cli.lua",
     ["vpp.cli.check"] = "lua/vpp/cli/check.lua",
     ["vpp.cli.format"] = "lua/vpp/cli/format.lua",
     ["vpp.cli.fields"] = "lua/vpp/cli/fields.lua",
     ["vpp.cli.progress"] = "lua/vpp/cli/progress.lua",
+    ["vpp.cli.output"] = "lua/vpp/cli/output.lua",
     ["vpp.core"] = {
       sources = {
         "src/auth.c", "src/base.c", "src/batch.c", "src/client.c", "src/decode.c", "src/engine.c",

@@ -48,7 +48,7 @@ wait $t; echo "exit $? fds $most"]]):format(out, interpreter, file, args)
       return { seconds = tonumber(seconds), rss_mib = tonumber(rss) / 1024, fds = tonumber(tail:match("fds (%d+)")),
         exit = tonumber(tail:match("exit (%d+)")) }
     end
-    local rounds = { sync = 4, check = 2 } -- sync: token, list, the syncs, one poll; check: token, list
+    local rounds = { sync = 4, check = 3 } -- sync: token, list, the syncs, one poll; check: token, list, apps
     local waves = math.ceil(TENANTS / CONCURRENCY)
     local sync = measure("sync --all --wait")
     local requests = server:stats()

@@ -12,7 +12,7 @@ local root = here:gsub("/?fake%-graph$", "")
 if root == "" then root = "." end
 local interpreter = arg[-1] or "lua5.4"
 
-local bold = require("vpp.cli.format").use_colour(1) and { "\27[1m", "\27[0m" } or { "", "" }
+local bold = require("vpp.cli.format").use_colour("auto", require("vpp.core")._isatty(1)) and { "\27[1m", "\27[0m" } or { "", "" }
 local server = launcher.start { tokens = 24, seed = 7, latency = 0.05, sync_seconds = 3 }
 
 local function run(command, expected, why)

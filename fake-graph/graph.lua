@@ -4,6 +4,7 @@
 local cjson = require "cjson.safe"
 local tenant = require "tenant"
 local schema = require "schema"
+local apps = require "apps"
 
 local M = {}
 local dict = ngx.shared.graph
@@ -46,6 +47,7 @@ local function seed_tenant()
     dict:set(key("idx:") .. i, tok.id)
   end
   dict:set(key("count"), #list)
+  dict:set(key("apps"), cjson.encode(apps.generate(list, tenant.timestamp(ngx.time() - 30 * 86400))))
 end
 
 function M.init(cfg)
@@ -492,11 +494,45 @@ local function update_token(id)
   return send(200, cjson.encode(tok))
 end
 
+-- beta deviceAppManagement/mobileApps: every app of the tenant, the VPP
+-- ones with their licence counts (apps.lua has the schema); $filter as
+-- apps.parse_filter reads it, $select on the base type's properties.
+local function list_apps(query)
+  local args = query_args(query)
+  local fields
+  if args["$select"] then
+    fields = {}
+    for f in args["$select"]:gmatch("[^,]+") do
+      if not apps.base_known[f] then
+        return graph_error(400, "BadRequest",
+          ("Could not find a property named '%s' on type 'microsoft.graph.mobileApp'."):format(f))
+      end
+      fields[#fields + 1] = f
+    end
+  end
+  local keep
+  if args["$filter"] then
+    local why
+    keep, why = apps.parse_filter(args["$filter"])
+    if not keep then return graph_error(400, "BadRequest", why) end
+  end
+  local list = cjson.decode(dict:get(key("apps")) or "[]")
+  return send_page("deviceAppManagement/mobileApps", query, #list, function(i)
+    if not keep or keep(list[i]) then return apps.project(list[i], fields) end
+  end, "deviceAppManagement/mobileApps")
+end
+
 local function allowed(method, want)
   if method ~= want then return graph_error(405, "BadRequest", "Method not allowed") end
 end
 
 local function api(method, path, query)
+  local apps_prefix = path:match("^(.-)/beta/deviceAppManagement/mobileApps/?$")
+  if apps_prefix then
+    ngx.ctx.prefix, ngx.ctx.version = apps_prefix, "beta"
+    scripted("@apps")
+    return allowed(method, "GET") or list_apps(query)
+  end
   local prefix, version, rest = path:match("^(.-)/(v1%.0)/deviceAppManagement/vppTokens(.*)$")
   if not prefix then
     prefix, version, rest = path:match("^(.-)/(beta)/deviceAppManagement/vppTokens(.*)$")
@@ -721,6 +757,26 @@ function admin.tokens()
     dict:set(key("idx:") .. i, tok.id)
   end
   dict:set(key("count"), #body)
+  dict:delete(key("apps")) -- new tokens: no apps until admin.apps gives some
+  return send(200, '{"ok":true}')
+end
+
+-- Replace the tenant's apps: { { token = id, total = n, used = m, ... } },
+-- each a VPP app of that token (the other fields as Graph names them; type
+-- "macOsVppApp" or another mobileApp type; token = false for none).
+function admin.apps()
+  local list = {}
+  for i, a in ipairs(read_json_body()) do
+    local tok = a.token and load_stored(a.token)
+    local fields = {}
+    for k, v in pairs(a) do
+      if k == "total" then fields.totalLicenseCount = v
+      elseif k == "used" then fields.usedLicenseCount = v
+      elseif k ~= "token" then fields[k] = v end
+    end
+    list[i] = apps.vpp_app(tok, fields, i, tenant.timestamp(ngx.now()))
+  end
+  dict:set(key("apps"), cjson.encode(list))
   return send(200, '{"ok":true}')
 end
 

@@ -158,6 +158,7 @@ function Server:app(registration) return self:admin("app", registration) end
 function Server:revoke() return self:admin("revoke", {}) end
 function Server:tokenlog() return self:admin("tokenlog") end
 function Server:syncfail(ids, tenant) return self:admin("syncfail", ids, tenant) end
+function Server:apps(list, tenant) return self:admin("apps", list, tenant) end
 function Server:licenses(by_bundle, tenant) return self:admin("licenses", by_bundle, tenant) end
 function Server:renewed(id, tenant) return self:admin("renewed", { id = id }, tenant).token end
 function Server:stored(id, tenant) return self:admin("stored", { id = id }, tenant) end

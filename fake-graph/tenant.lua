@@ -54,7 +54,9 @@ function M.generate(n, seed, now)
       else days = rand(300) + 31 end
     end
     local expires = now + days * 86400 + rand(86400)
-    local synced = now - rand(7 * 86400) - 60
+    -- Intune syncs each token about daily; every eighth is days behind.
+    local behind = rand(7 * 86400)
+    local synced = now - (i % 8 == 0 and behind + 3 * 86400 or behind / 7) - 60
     local city = cities[(i - 1) % #cities + 1]
     tokens[i] = {
       ["@odata.type"] = "#microsoft.graph.vppToken",

@@ -62,7 +62,7 @@ tenants:
     local l = lines(r.out)
     assert.matches("^TENANT%s+ID%s+NAME%s+STATE", l[1])
     local by = {}
-    for i = 2, #l - 1 do
+    for i = 2, #l do
       local tenant = l[i]:match("^(%S+)")
       by[tenant] = (by[tenant] or 0) + 1
     end

@@ -168,7 +168,8 @@ function M.install_cli()
   --- Runs `vpp args...` in a clean environment (only env's variables, no
   -- LUA_PATH: the installed command must find its own modules).  With
   -- opts.pty, under a pseudo-terminal (util-linux script), where stdout
-  -- and stderr arrive together in out, and opts.input is typed.  With opts.signal ("INT", "TERM"),
+  -- and stderr arrive together in out, and opts.input is typed.  With
+  -- opts.shell, a shell line of the caller's (see below).  With opts.signal ("INT", "TERM"),
   -- that signal is sent after opts.after seconds.  Returns { code, out, err }.
   function cli.run(args, env, opts)
     local words = {}
@@ -183,6 +184,11 @@ function M.install_cli()
       local stdin = opts.input and ("printf %%s %s |"):format(quote(opts.input)) or ""
       line = ("cd /tmp && %s env -i %s script -qec %s /dev/null %s >%s 2>%s"):format(stdin,
         table.concat(vars, " "), quote(command), opts.input and "" or "</dev/null", out, err)
+    elseif opts and opts.shell then
+      -- opts.shell: the shell line, with {cmd} (the command and its
+      -- environment), {out} and {err} (files read back) in it.
+      local subs = { cmd = "env -i " .. table.concat(vars, " ") .. " " .. command, out = out, err = err }
+      line = "cd /tmp && " .. opts.shell:gsub("{(%a+)}", subs)
     else
       line = ("cd /tmp && env -i %s %s </dev/null >%s 2>%s"):format(table.concat(vars, " "), command, out, err)
     end

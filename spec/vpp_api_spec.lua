@@ -31,6 +31,43 @@ describe("the rest of the vppToken API", function()
   end)
   after_each(f.done)
 
+  describe("list_vpp_apps", function()
+    it("reads every page of beta mobileApps filtered to the VPP types, whatever api_version says", function()
+      f.server:config { page_size = 2 }
+      f.server:apps {
+        { token = "t-1", displayName = "Notes", total = 10, used = 3 },
+        { token = false, type = "iosStoreApp", displayName = "Portal" },
+        { token = "t-2", displayName = "Keynote", total = 5, used = 5, type = "macOsVppApp" },
+        { token = "t-1", displayName = "Maps", total = 1, used = 0 },
+      }
+      local apps = assert(f.client:list_vpp_apps())
+      local names = {}
+      for i, a in ipairs(apps) do names[i] = a.displayName .. "/" .. a["@odata.type"] end
+      assert.same({ "Notes/#microsoft.graph.iosVppApp", "Keynote/#microsoft.graph.macOsVppApp",
+        "Maps/#microsoft.graph.iosVppApp" }, names)
+      assert.same({ "t-2", "b@example.com", 5, 5 }, { apps[2].vppTokenId, apps[2].vppTokenAppleId,
+        apps[2].usedLicenseCount, apps[2].totalLicenseCount })
+      local log = f.server:log()
+      assert.equal(2, #log)
+      assert.matches("^/beta/deviceAppManagement/mobileApps%?%$filter=isof%%28%%27microsoft%.graph%.iosVppApp%%27%%29"
+        .. "%%20or%%20isof%%28%%27microsoft%.graph%.macOsVppApp%%27%%29$", log[1].uri)
+    end)
+
+    it("and-s a query.filter with the VPP one; a $select Graph refuses is its 400; a bad query raises", function()
+      f.server:apps { { token = "t-1", displayName = "Notes", bundleId = "com.a" },
+        { token = "t-2", displayName = "Maps", bundleId = "com.b" } }
+      local apps = assert(f.client:list_vpp_apps { filter = "bundleId eq 'com.b'" })
+      assert.same({ "Maps" }, { apps[1].displayName, apps[2] })
+      local none, err = f.client:list_vpp_apps { select = "usedLicenseCount" }
+      assert.is_nil(none)
+      assert.same({ 400, "BadRequest" }, { err.status, err.code })
+      assert.matches("usedLicenseCount", err.message)
+      assert.has_error(function() f.client:list_vpp_apps { filter = 42 } end, "vpp: query.filter must be a non-empty string")
+      assert.has_error(function() f.client:list_vpp_apps { colour = "red" } end)
+      assert.has_error(function() f.client:list_vpp_apps("x") end)
+    end)
+  end)
+
   describe("revoke_licenses", function()
     it("POSTs beta revokeLicenses with both parameters as JSON, whatever api_version says, and gives true", function()
       f.server:licenses { ["com.example.notes"] = { { token = "t-1", available = 2, used = 5 } } }
@@ -257,8 +294,9 @@ describe("the vpp command's vppToken subcommands", function()
     assert.same({ 9, 10 }, { printed[1].usedLicenseCount, printed[2].usedLicenseCount })
     r = fx.cli.run({ "licenses", "--app", "com.example.notes", "--format", "csv" }, fx.env)
     assert.matches("^vppTokenId,appleId,organizationName,usedLicenseCount,availableLicenseCount\r?\n", r.out)
-    r = fx.cli.run({ "licenses" }, fx.env)
+    r = fx.cli.run({ "licenses", "--app", "com.example.notes", "--token", ID }, fx.env)
     assert.equal(64, r.code)
+    assert.matches("%-%-token and %-%-app", r.err)
   end)
 
   it("set --auto-update on|off PATCHes automaticallyUpdateApps and prints the token", function()

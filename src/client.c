@@ -277,6 +277,10 @@ static const char *action_url(lua_State *L, const vpp_client *c, vpp_action acti
     version = "beta";
     path = "/deviceAppManagement/vppTokens/getLicensesForApp(bundleId='%')";
     break;
+  case VPP_LIST_VPP_APPS: /* beta: v1.0's VPP apps do not name their token's id */
+    version = "beta";
+    path = "/deviceAppManagement/mobileApps";
+    break;
   case VPP_REVOKE_LICENSES:
     version = "beta";
     path = "/deviceAppManagement/vppTokens/%/revokeLicenses";
@@ -687,6 +691,48 @@ static int do_list_tokens(lua_State *L) {
   return list_run(L, c, 3, deadline, VPP_NEEDS_APPS_READ);
 }
 
+/* Graph's own filter for the VPP apps among every mobileApp. */
+#define VPP_APPS_FILTER "isof('microsoft.graph.iosVppApp') or isof('microsoft.graph.macOsVppApp')"
+
+/* client:list_vpp_apps([query]): the iOS and macOS VPP apps (beta
+ * mobileApps, every page), with their licence counts and the VPP token
+ * each uses.  query as list_tokens'; a query.filter is and-ed with the
+ * filter on the two VPP types. */
+static int do_list_vpp_apps(lua_State *L) {
+  vpp_client *c = vpp_client_check(L, 1);
+  double deadline = HUGE_VAL;
+  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
+    luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
+  lua_settop(L, 2);
+  lua_newtable(L); /* 3: the query sent, a copy with the VPP filter */
+  if (!lua_isnil(L, 2)) {
+    deadline = vpp_deadline_option(L, 2, "query.deadline");
+    lua_pushnil(L);
+    while (lua_next(L, 2)) {
+      lua_pushvalue(L, -2);
+      lua_insert(L, -2);
+      lua_settable(L, 3);
+    }
+  }
+  lua_getfield(L, 3, "filter");
+  if (lua_isnil(L, -1)) {
+    lua_pop(L, 1);
+    lua_pushliteral(L, VPP_APPS_FILTER);
+  } else {
+    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
+      luaL_error(L, "vpp: query.filter must be a non-empty string");
+    lua_pushliteral(L, "(" VPP_APPS_FILTER ") and (");
+    lua_insert(L, -2);
+    lua_pushliteral(L, ")");
+    lua_concat(L, 3);
+  }
+  lua_setfield(L, 3, "filter");
+  vpp_client_push_action_url(L, c, VPP_LIST_VPP_APPS, 0, 0); /* 4 */
+  push_query(L, 3);
+  lua_concat(L, 2);
+  return list_run(L, c, 4, deadline, VPP_NEEDS_APPS_READ);
+}
+
 /* client:licenses_for_app(bundle_id [, { deadline }]): Graph's license
  * summaries (every page).  The bundle id goes as an OData string literal:
  * its quotes doubled, then percent-encoded with the rest. */
@@ -757,6 +803,7 @@ int vpp_client_open_lib(lua_State *L) {
                                      {"revoke_licenses", do_revoke_licenses},
                                      {"sync_license_counts", do_sync_license_counts},
                                      {"licenses_for_app", do_licenses_for_app},
+                                     {"list_vpp_apps", do_list_vpp_apps},
                                      {"update_token", do_update_token},
                                      {"config", client_config},
                                      {"cancel", client_cancel},

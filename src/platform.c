@@ -9,7 +9,9 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -197,6 +199,92 @@ int vpp_file_mode(const char *path, unsigned *mode, long *uid) {
 }
 
 long vpp_uid(void) { return (long)getuid(); }
+
+/* ---- files others read, for the command ---------------------------------- */
+
+/* Opens /dev/null on each of 0, 1, 2 that is closed, so that no socket or
+ * file opened later becomes a standard stream by chance; the closed ones
+ * as a bit mask (1 << fd). */
+int vpp_std_fds(void) {
+  int fd, closed = 0;
+  for (fd = 0; fd <= 2; fd++) {
+    if (fcntl(fd, F_GETFD) == -1 && errno == EBADF) {
+      int got = open("/dev/null", O_RDWR);
+      if (got >= 0 && got != fd) close(got); /* a lower one was free: cannot happen */
+      closed |= 1 << fd;
+    }
+  }
+  return closed;
+}
+
+static int write_all(int fd, const char *data, size_t len) {
+  while (len > 0) {
+    ssize_t n = write(fd, data, len);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      return -1;
+    }
+    data += n;
+    len -= (size_t)n;
+  }
+  return 0;
+}
+
+/* Replaces path with data, atomically: a new file beside it (the old one's
+ * permissions, else 0666 less the umask), written, fsynced and renamed
+ * over path; the directory fsynced after (where it can be).  0, or -1 with
+ * errno and the new file removed: path is then as it was. */
+int vpp_replace_file(const char *path, const char *data, size_t len) {
+  static unsigned counter;
+  size_t plen = strlen(path);
+  char *tmp = malloc(plen + 64), *dir;
+  const char *slash;
+  struct stat st;
+  int fd = -1, saved, i, have_old = stat(path, &st) == 0;
+  if (!tmp) return -1;
+  for (i = 0; i < 100 && fd < 0; i++) {
+    snprintf(tmp, plen + 64, "%s.tmp.%ld.%u", path, (long)getpid(), counter++);
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) goto fail;
+  if ((have_old && fchmod(fd, st.st_mode & 07777) != 0) || write_all(fd, data, len) != 0 || fsync(fd) != 0) {
+    saved = errno;
+    close(fd);
+    unlink(tmp);
+    errno = saved;
+    goto fail;
+  }
+  if (close(fd) != 0 || rename(tmp, path) != 0) {
+    saved = errno;
+    unlink(tmp);
+    errno = saved;
+    goto fail;
+  }
+  /* The rename is durable once the directory is: best effort (some file
+   * systems refuse fsync on a directory; the data is already safe). */
+  slash = strrchr(path, '/');
+  dir = tmp;
+  if (!slash) {
+    memcpy(dir, ".", 2);
+  } else {
+    size_t dlen = slash == path ? 1 : (size_t)(slash - path);
+    memcpy(dir, path, dlen);
+    dir[dlen] = '\0';
+  }
+  fd = open(dir, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    fsync(fd);
+    close(fd);
+  }
+  free(tmp);
+  return 0;
+fail:
+  saved = errno;
+  free(tmp);
+  errno = saved;
+  return -1;
+}
 
 /* ---- signals, for the command -------------------------------------------
  * SIGINT and SIGTERM call on(sig) from the handler: it may only do what a

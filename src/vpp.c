@@ -1,5 +1,7 @@
 /* Entry point of the C module `vpp.core`; the public module is lua/vpp.lua. */
+#include <errno.h>
 #include <signal.h>
+#include <string.h>
 
 #include "vpp.h"
 
@@ -110,6 +112,31 @@ static int core_file_mode(lua_State *L) {
   return 3;
 }
 
+/* _std_fds(): opens /dev/null on the standard streams that are closed;
+ * which were, as a bit mask (1: stdin, 2: stdout, 4: stderr). */
+static int core_std_fds(lua_State *L) {
+  lua_pushinteger(L, vpp_std_fds());
+  return 1;
+}
+
+/* _replace_file(path, content): path replaced atomically (written beside
+ * it, fsynced, renamed over it); true, or nil, message, errno with path as
+ * it was. */
+static int core_replace_file(lua_State *L) {
+  size_t len;
+  const char *path = luaL_checkstring(L, 1), *data = luaL_checklstring(L, 2, &len);
+  int e;
+  if (vpp_replace_file(path, data, len) == 0) {
+    lua_pushboolean(L, 1);
+    return 1;
+  }
+  e = errno;
+  lua_pushnil(L);
+  lua_pushstring(L, strerror(e));
+  lua_pushinteger(L, e);
+  return 3;
+}
+
 int luaopen_vpp_core(lua_State *L) {
   static const luaL_Reg timing[] = {{"_sleep", core_sleep},
                                     {"_clock", core_clock},
@@ -117,6 +144,8 @@ int luaopen_vpp_core(lua_State *L) {
                                     {"_isatty", core_isatty},
                                     {"_wait_readable", core_wait_readable},
                                     {"_file_mode", core_file_mode},
+                                    {"_std_fds", core_std_fds},
+                                    {"_replace_file", core_replace_file},
                                     {"_catch_signals", core_catch_signals},
                                     {"_release_signals", core_release_signals},
                                     {NULL, NULL}};

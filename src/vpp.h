@@ -48,6 +48,8 @@ int vpp_poller_signal(vpp_poller *p);
 int vpp_wait_readable(const int *fds, int n, double timeout, int *ready);
 int vpp_file_mode(const char *path, unsigned *mode, long *uid);
 long vpp_uid(void);
+int vpp_std_fds(void);
+int vpp_replace_file(const char *path, const char *data, size_t len);
 
 /* ==== base.c: buffers, wiping, randomness (OpenSSL's RAND_bytes) ==== */
 
@@ -375,7 +377,8 @@ typedef enum {
   VPP_REVOKE_LICENSES,
   VPP_SYNC_LICENSE_COUNTS,
   VPP_UPDATE_TOKEN,
-  VPP_LICENSES_FOR_APP
+  VPP_LICENSES_FOR_APP,
+  VPP_LIST_VPP_APPS
 } vpp_action;
 
 int vpp_client_open_lib(lua_State *L);

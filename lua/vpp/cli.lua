@@ -9,6 +9,8 @@ local env = require "vpp.env"
 local format = require "vpp.cli.format"
 local check = require "vpp.cli.check"
 local progress = require "vpp.cli.progress"
+local output = require "vpp.cli.output"
+local health = require "vpp.health"
 local fields = require "vpp.cli.fields"
 local tokens = require "vpp.tokens"
 
@@ -93,6 +95,11 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
       if not k or n < 1 or k < 1 or k > n then return nil, ("--shard must be K/N with 1 <= K <= N, got '%s'"):format(v) end
       return { k = k, n = n }
     end)
+  p:option("--output", "Write the output to FILE instead of stdout: replaced atomically, and only when the"
+    .. " run succeeds (check: OK, WARNING or CRITICAL).")
+    :argname("FILE")
+  p:option("--color", "Colour tables: auto (on a terminal, unless NO_COLOR is set or TERM=dumb), always, never.",
+    "auto"):choices { "auto", "always", "never" }:argname("WHEN")
   p:flag("-q --quiet", "Only errors on stderr: no progress, no summary.")
   p:flag("-v --verbose", "A line per request on stderr: method, path, status, time, request-id.")
   p:flag("--version", "Show the version and exit."):action(function() state.version = true end)
@@ -142,10 +149,33 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
 
   local chk = p:command("check", "Check token health for monitoring (Nagios/Icinga/Checkmk, Prometheus).")
   own_help(chk, state)
-  chk:option("--warn-days", "WARNING when a token expires within this many days.", tostring(DEFAULT_WARN_DAYS))
+  chk:option("--warn-days", "WARNING when a token expires in fewer than this many days.", tostring(DEFAULT_WARN_DAYS))
     :convert(number_arg("--warn-days", { min = 0, what = "a number of days" })):argname("DAYS")
-  chk:option("--crit-days", "CRITICAL when a token expires within this many days.", tostring(DEFAULT_CRIT_DAYS))
+  chk:option("--crit-days", "CRITICAL when a token expires in fewer than this many days.", tostring(DEFAULT_CRIT_DAYS))
     :convert(number_arg("--crit-days", { min = 0, what = "a number of days" })):argname("DAYS")
+  chk:option("--stale-hours", "WARNING when a valid token last synced more than this many hours ago"
+    .. " (Intune syncs about daily).", tostring(health.defaults.stale_hours))
+    :convert(number_arg("--stale-hours", { min = 0, positive = true, what = "a positive number of hours" }))
+    :argname("HOURS")
+  chk:option("--severity", "The level of a token state (repeatable): STATE=ok|warning|critical. Defaults:"
+    .. " valid=ok, expired=critical, invalid=critical, the others warning.")
+    :count("*"):argname("STATE=LEVEL"):convert(function(v)
+      local st, level = v:match("^([%w]+)=(%a+)$")
+      local known = false
+      for _, x in ipairs(states) do known = known or x == st end
+      if not known or not health.levels[level] then
+        return nil, ("--severity must be STATE=ok|warning|critical with STATE one of %s, got '%s'")
+          :format(table.concat(states, ", "), v)
+      end
+      return { st, health.levels[level] }
+    end)
+  chk:option("--licenses-warn", "WARNING when a VPP app has this percentage of its licences in use, or more.",
+    tostring(health.defaults.licenses_warn))
+    :convert(number_arg("--licenses-warn", { min = 0, what = "a percentage" })):argname("PERCENT")
+  chk:option("--licenses-crit", "CRITICAL when a VPP app has this percentage of its licences in use, or more.",
+    tostring(health.defaults.licenses_crit))
+    :convert(number_arg("--licenses-crit", { min = 0, what = "a percentage" })):argname("PERCENT")
+  chk:flag("--no-licenses", "Skip the licence counts of the VPP apps (one request fewer per page of apps).")
   chk:option("-t", "Seconds allowed for the whole check, as monitoring plugins take it (UNKNOWN after).",
     tostring(DEFAULT_CHECK_SECONDS))
     :target("run_timeout")
@@ -153,9 +183,12 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
     :argname("SECONDS")
   format_option(chk, { "text", "json", "prometheus" }, "text")
 
-  local lic = p:command("licenses", "Licence counts of one app on each VPP token (beta getLicensesForApp).")
+  local lic = p:command("licenses", "The VPP apps of each token with used, total and free licences, fullest first"
+    .. " (beta mobileApps); with --app, one app's licences on each token (beta getLicensesForApp).")
   own_help(lic, state)
-  lic:option("--app", "The app's bundle id (com.example.app)."):argname("BUNDLE_ID"):count(1)
+  lic:option("--token", "Only the apps of this token (an id, or its first 8 or more characters)."):argname("ID")
+  lic:option("--app", "Instead: the licences of this app (its bundle id, com.example.app) on each token.")
+    :argname("BUNDLE_ID")
   format_option(lic, { "table", "json", "csv" }, "table")
 
   local revoke = p:command("revoke-licenses", "Revoke every app licence of a VPP token (beta revokeLicenses).")
@@ -180,7 +213,16 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
   renew:option("--token-file", "The .vpptoken file from Apple Business or School Manager; never printed.")
     :argname("FILE"):count(1)
   format_option(renew, { "table", "json", "csv" }, "table")
-  return p, { list = list, get = get, sync = sync, ["sync-apps"] = apps, check = chk, licenses = lic,
+  local help = p:command("help", "Show the help of the command, or of one subcommand.")
+  own_help(help, state)
+  help:argument("topic", "A subcommand."):args("?"):argname("COMMAND")
+
+  local completion = p:command("completion", "Print a shell completion script (bash, zsh or fish).")
+  own_help(completion, state)
+  completion:argument("shell", "The shell."):choices { "bash", "zsh", "fish" }
+
+  return p, { help = help, completion = completion, list = list, get = get, sync = sync, ["sync-apps"] = apps,
+    check = chk, licenses = lic,
     ["revoke-licenses"] = revoke, ["sync-license-counts"] = counts, set = set, renew = renew }
 end
 
@@ -189,8 +231,12 @@ end
 local Run = {}
 Run.__index = Run
 
+--- A note on stderr (not with --quiet), after the data written so far;
+-- none when the data could not be written (that is the one thing to say).
 function Run:say(...)
-  if not self.args.quiet then io.stderr:write("vpp: ", ...) io.stderr:write("\n") end
+  self.out:flush()
+  if self.out.failed then return end
+  if not self.args.quiet then output.err("vpp: ", format.visible(table.concat({ ... })), "\n") end
 end
 
 --- Seconds left of the whole run's limit (--deadline; check's -t), or nil.
@@ -207,7 +253,7 @@ end
 
 local function fail(err)
   -- cancelled: the command's own doing on a signal; main says so
-  if err.kind ~= "cancelled" then io.stderr:write("vpp: ", format.message(err), "\n") end
+  if err.kind ~= "cancelled" then output.err("vpp: ", format.message(err), "\n") end
   return M.EXIT_FAILURE
 end
 
@@ -230,7 +276,7 @@ end
 
 local function trace(info)
   local path = (info.url or "?"):gsub("^%a[%w+.-]*://[^/]*", "")
-  io.stderr:write(("vpp: %s %s %s %.3fs%s%s\n"):format(info.method, path,
+  output.err(("vpp: %s %s %s %.3fs%s%s\n"):format(info.method, path,
     tostring(info.status or info.error or "-"), info.seconds or 0,
     info.request_id and (" request-id " .. info.request_id) or "",
     (info.attempt or 1) > 1 and (" attempt " .. info.attempt) or ""))
@@ -270,9 +316,10 @@ function Run:client(fleet, name)
   return client
 end
 
-local function colour()
-  return format.use_colour(1)
-end
+-- Whether tables are coloured (--color, and for auto: a terminal, no
+-- NO_COLOR, no TERM=dumb); set when a run starts.
+local colour_on = false
+local function colour() return colour_on end
 
 -- Tokens as the chosen format.
 -- With a fleet (owner: token -> tenant name), copies that carry `tenant`.
@@ -311,27 +358,29 @@ function Run:print_tokens(list, owner)
   local f = self.args.format
   local labels_of = function(name) return self:labels_of(name) end
   if f == "json" then
-    io.stdout:write(format.json(redact_all(with_tenants(list, owner, labels_of))))
+    self.out:write(format.json(redact_all(with_tenants(list, owner, labels_of))))
   elseif f == "csv" then
-    io.stdout:write(format.csv(with_tenants(list, owner, labels_of, true),
+    self.out:write(format.csv(with_tenants(list, owner, labels_of, true),
       fields_with_tenant(format.token_fields, owner)))
   elseif #list == 0 then
     self:say("no tokens match")
   else
-    io.stdout:write(format.token_table(list, { warn_days = DEFAULT_WARN_DAYS, crit_days = DEFAULT_CRIT_DAYS,
+    self.out:write(format.token_table(list, { warn_days = DEFAULT_WARN_DAYS, crit_days = DEFAULT_CRIT_DAYS,
       colour = colour(), tenants = owner }))
     local counts, parts = vpp.count_by(list, "state"), {}
     for _, s in ipairs(states) do
       if counts[s] then parts[#parts + 1] = ("%d %s"):format(counts[s], s) end
     end
-    io.stdout:write(("%d token%s: %s\n"):format(#list, #list == 1 and "" or "s", table.concat(parts, ", ")))
+    -- A summary is a diagnostic: stderr, and not with --quiet.
+    self:say(("%d token%s: %s"):format(#list, #list == 1 and "" or "s", table.concat(parts, ", ")))
   end
 end
 
---- The properties a list for `output` needs, as a $select for this client's
--- API version (nil: another version, whole tokens).
-local function select_of(client, output)
-  return fields.select(client:config().api_version, output)
+--- The properties a list for `shown` (an output format, or "check")
+-- needs, as a $select for this client's API version (nil: another
+-- version, whole tokens).
+local function select_of(client, shown)
+  return fields.select(client:config().api_version, shown)
 end
 
 function Run:list_criteria()
@@ -405,11 +454,11 @@ function Run:print_token(token)
   token = redact(token)
   local f = self.args.format
   if f == "json" then
-    io.stdout:write(format.json(token))
+    self.out:write(format.json(token))
   elseif f == "csv" then
-    io.stdout:write(format.csv({ token }, format.token_fields))
+    self.out:write(format.csv({ token }, format.token_fields))
   else
-    io.stdout:write(format.token_detail(token, colour()))
+    self.out:write(format.token_detail(token, colour()))
   end
 end
 
@@ -425,6 +474,72 @@ end
 -- ---- the rest of the vppToken API ----------------------------------------------
 
 function Run:licenses(client)
+  if self.args.app then
+    if self.args.token then usage_error("--token and --app: give one") end
+    return self:app_licenses(client)
+  end
+  local all, err = client:list_tokens { select = select_of(client, "table"), deadline = self:left() }
+  if not all then return fail(err) end
+  if self.args.token then
+    local ids, lerr = self:resolve(client, { self.args.token })
+    if not ids then return fail(lerr) end
+    local picked = {}
+    for _, t in ipairs(all) do
+      if t.id == ids[1] then picked[#picked + 1] = t end
+    end
+    if #picked == 0 then
+      output.err(("vpp: no token %s\n"):format(format.visible(ids[1])))
+      return M.EXIT_FAILURE
+    end
+    all = picked
+  end
+  local apps, aerr = client:list_vpp_apps { deadline = self:left() }
+  if not apps then return fail(aerr) end
+  local rows = {}
+  for _, t in ipairs(all) do
+    for _, a in ipairs(health.apps_of(t, apps)) do
+      local total, used = tonumber(a.totalLicenseCount), tonumber(a.usedLicenseCount)
+      local pct = health.percent_used(a)
+      rows[#rows + 1] = { vppTokenId = t.id, tokenName = format.name_of(t), appleId = t.appleId, id = a.id,
+        displayName = a.displayName, bundleId = a.bundleId, type = a["@odata.type"], usedLicenseCount = used,
+        totalLicenseCount = total, freeLicenseCount = total and used and total - used,
+        percentUsed = pct and math.floor(pct * 10) / 10 }
+    end
+  end
+  -- Fullest first: the share in use, then the count in use.
+  table.sort(rows, function(x, y)
+    local px, py = x.percentUsed or -1, y.percentUsed or -1
+    if px ~= py then return px > py end
+    if (x.usedLicenseCount or 0) ~= (y.usedLicenseCount or 0) then
+      return (x.usedLicenseCount or 0) > (y.usedLicenseCount or 0)
+    end
+    return tostring(x.displayName) < tostring(y.displayName)
+  end)
+  local f = self.args.format
+  local columns = { "vppTokenId", "tokenName", "appleId", "id", "displayName", "bundleId", "type",
+    "usedLicenseCount", "totalLicenseCount", "freeLicenseCount", "percentUsed" }
+  if f == "json" then
+    self.out:write(format.json(format.array(rows)))
+  elseif f == "csv" then
+    self.out:write(format.csv(rows, columns))
+  elseif #rows == 0 then
+    self:say("no VPP apps", self.args.token and " on that token" or "")
+  else
+    local out = {}
+    for i, r in ipairs(rows) do
+      local p = r.percentUsed
+      local c = p and (p >= health.defaults.licenses_crit and "red" or p >= health.defaults.licenses_warn and "yellow")
+      out[i] = { tostring(r.vppTokenId):sub(1, 8), r.tokenName, health.app_name(r), tostring(r.bundleId or "-"),
+        tostring(r.usedLicenseCount or "-"), tostring(r.totalLicenseCount or "-"), tostring(r.freeLicenseCount or "-"),
+        { p and ("%.1f%%"):format(p) or "-", c or nil } }
+    end
+    self.out:write(format.table({ "TOKEN", "TOKEN NAME", "APP", "BUNDLE ID", "USED", "TOTAL", "FREE", "USED %" }, out,
+      colour()))
+  end
+  return M.EXIT_OK
+end
+
+function Run:app_licenses(client)
   local list, err = client:licenses_for_app(self.args.app, { deadline = self:left() })
   if not list then return fail(err) end
   -- Fullest first: the share of the token's licences in use, then the count.
@@ -440,9 +555,9 @@ function Run:licenses(client)
   local f = self.args.format
   local fields_shown = { "vppTokenId", "appleId", "organizationName", "usedLicenseCount", "availableLicenseCount" }
   if f == "json" then
-    io.stdout:write(format.json(format.array(list)))
+    self.out:write(format.json(format.array(list)))
   elseif f == "csv" then
-    io.stdout:write(format.csv(list, fields_shown))
+    self.out:write(format.csv(list, fields_shown))
   elseif #list == 0 then
     self:say("no VPP token has licences of ", self.args.app)
   else
@@ -451,7 +566,7 @@ function Run:licenses(client)
       rows[i] = { tostring(l.vppTokenId):sub(1, 8), tostring(l.appleId or "-"), tostring(l.organizationName or "-"),
         tostring(l.usedLicenseCount or "-"), tostring(l.availableLicenseCount or "-") }
     end
-    io.stdout:write(format.table({ "TOKEN", "APPLE ID", "ORGANIZATION", "USED", "AVAILABLE" }, rows, colour()))
+    self.out:write(format.table({ "TOKEN", "APPLE ID", "ORGANIZATION", "USED", "AVAILABLE" }, rows, colour()))
   end
   return M.EXIT_OK
 end
@@ -460,7 +575,7 @@ end
 function Run:confirmed(question)
   if self.args.yes then return true end
   if not core._isatty(0) then usage_error("not on a terminal: give --yes to " .. question) end
-  io.stderr:write("vpp: ", question, "? [y/N] ")
+  output.err("vpp: ", question, "? [y/N] ")
   io.stderr:flush()
   local answer = io.stdin:read("*l")
   return answer ~= nil and (answer:lower() == "y" or answer:lower() == "yes")
@@ -472,7 +587,7 @@ function Run:revoke_licenses(client)
   local a = self.args
   if not self:confirmed(("revoke every app licence of token %s%s"):format(ids[1],
     a.notify_devices and " and notify its devices" or "")) then
-    io.stderr:write("vpp: nothing revoked\n")
+    output.err("vpp: nothing revoked\n")
     return M.EXIT_FAILURE
   end
   local ok, err = client:revoke_licenses(ids[1], { notify_managed_devices = a.notify_devices,
@@ -518,12 +633,12 @@ function Run:renew(client)
   local content = f and f:read("*a")
   if f then f:close() end
   if not content then
-    io.stderr:write("vpp: cannot read --token-file: ", why or path, "\n")
+    output.err("vpp: cannot read --token-file: ", why or path, "\n")
     return M.EXIT_FAILURE
   end
   content = content:match("^%s*(.-)%s*$")
   if content == "" then
-    io.stderr:write("vpp: --token-file is empty: ", path, "\n")
+    output.err("vpp: --token-file is empty: ", path, "\n")
     return M.EXIT_FAILURE
   end
   return self:update(client, { token = content }, content)
@@ -568,7 +683,7 @@ function Run:print_outcomes(rows)
       out[i] = { tenant = r.tenant, labels = self:labels_of(r.tenant), id = r.id, displayName = r.displayName,
         result = r.result, token = redact(r.token), error = r.err and format.error_fields(r.err) }
     end
-    io.stdout:write(format.json(out))
+    self.out:write(format.json(out))
   elseif f == "csv" then
     local columns = { "id", "displayName", "result", "lastSyncStatus", "lastSyncDateTime", "error" }
     if self.fleet then
@@ -576,7 +691,7 @@ function Run:print_outcomes(rows)
       table.insert(columns, 1, "tenant")
       for _, r in ipairs(rows) do r.labels = labels_cell(self:labels_of(r.tenant)) end
     end
-    io.stdout:write(format.csv(rows, columns))
+    self.out:write(format.csv(rows, columns))
   elseif not self.args.quiet and #rows > 0 then
     local out = {}
     for i, r in ipairs(rows) do
@@ -586,7 +701,7 @@ function Run:print_outcomes(rows)
     end
     local header = { "ID", "NAME", "RESULT", "LAST SYNC (UTC)", "DETAIL" }
     if self.fleet then table.insert(header, 1, "TENANT") end
-    io.stdout:write(format.table(header, out, colour()))
+    self.out:write(format.table(header, out, colour()))
   end
 end
 
@@ -735,12 +850,12 @@ function Run:report(rows)
     end
   end
   if self:interruption() then
-    io.stderr:write("vpp: ", self:interruption(), ": ", line, "\n")
+    output.err("vpp: ", self:interruption(), ": ", line, "\n")
     self.summarised = true
     return M.EXIT_FAILURE -- main turns it into 128 + the signal
   end
   if bad > 0 then
-    io.stderr:write("vpp: ", line, "\n") -- even with --quiet: the exit code says something failed
+    output.err("vpp: ", line, "\n") -- even with --quiet: the exit code says something failed
     return M.EXIT_FAILURE
   end
   self:say(line)
@@ -761,23 +876,43 @@ end
 -- ---- check -------------------------------------------------------------------------
 
 function Run:check_unknown(err)
-  io.stdout:write(check.outputs[self.args.format].unknown(err, { now = core._time() }))
+  self.out:write(check.outputs[self.args.format].unknown(err, { now = core._time(), tenant = self.tenant_name }))
   return check.UNKNOWN
+end
+
+--- The options of the check's rules, from the flags.
+function Run:check_options()
+  local a = self.args
+  local severity = {}
+  for _, pair in ipairs(a.severity) do severity[pair[1]] = pair[2] end
+  return health.options { warn_days = a.warn_days, crit_days = a.crit_days, stale_hours = a.stale_hours,
+    licenses_warn = a.licenses_warn, licenses_crit = a.licenses_crit, severity = severity, now = core._time(),
+    tenant = self.tenant_name }
+end
+
+-- What the check reads of one client: the tokens, and the VPP apps unless
+-- --no-licenses.
+function Run:check_data(client)
+  return health.gather(client, { select = select_of(client, "check"), licenses = not self.args.no_licenses,
+    deadline = function() return self:left() end })
+end
+
+-- A run that did not end is UNKNOWN for the whole check: interrupted, or
+-- timed out (nil: err is Graph's answer).
+function Run:ended_early(err)
+  if err and err.kind == "cancelled" then return { summary = "interrupted" } end
+  if err and err.code == "deadline" then return { summary = ("timed out after %g s"):format(self.limit) } end
 end
 
 function Run:check(client)
   local a = self.args
-  local all, err = client:list_tokens { select = select_of(client, "check"), deadline = self:left() }
-  if not all then
-    if err.kind == "cancelled" then return self:check_unknown { summary = "interrupted" } end
-    if err.code == "deadline" then
-      return self:check_unknown { summary = ("timed out after %g s"):format(self.limit) }
-    end
-    return self:check_unknown(err)
-  end
-  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time(), tenant = self.tenant_name }
-  local report = check.evaluate(all, opts)
-  io.stdout:write(check.outputs[a.format].report(report, opts))
+  local data, err = self:check_data(client)
+  if not data then return self:check_unknown(self:ended_early(err) or err) end
+  local early = self:ended_early(data.apps_err)
+  if early then return self:check_unknown(early) end
+  local opts = self:check_options()
+  local report = health.evaluate(data, opts)
+  self.out:write(check.outputs[a.format].report(report, opts))
   return report.status
 end
 
@@ -812,7 +947,7 @@ function Run:tenant_failed(r)
   self.tenants_failed = self.tenants_failed + 1
   if r.err and r.err.kind == "cancelled" then return end
   local message = r.err and (r.err.usage or format.message(r.err)) or "failed"
-  io.stderr:write(("vpp: tenant %s: %s\n"):format(r.tenant, message))
+  output.err(("vpp: tenant %s: %s\n"):format(r.tenant, message))
 end
 
 --- fn(client, tenant) on each picked tenant, on one loop, with a progress
@@ -875,20 +1010,19 @@ end
 function Run:fleet_check(fleet, names)
   local a = self.args
   local results = self:across(fleet, names, nil, function(client)
-    return client:list_tokens { select = select_of(client, "check"), deadline = self:left() }
+    return self:check_data(client)
   end)
   if self.caught.signal then return self:check_unknown { summary = "interrupted" } end
   local entries = {}
   for i, r in ipairs(results) do
-    local err = r.err
-    if err and err.code == "deadline" then
-      err = { summary = ("timed out after %g s"):format(self.limit) }
-    end
-    entries[i] = { tenant = r.tenant, tokens = r.ok and r.value or nil, err = err, labels = self:labels_of(r.tenant) }
+    local data = r.ok and r.value or nil
+    if data and self:ended_early(data.apps_err) then data.apps_err = self:ended_early(data.apps_err) end
+    entries[i] = { tenant = r.tenant, data = data, err = self:ended_early(r.err) or r.err,
+      labels = self:labels_of(r.tenant) }
   end
-  local opts = { warn_days = a.warn_days, crit_days = a.crit_days, now = core._time() }
+  local opts = self:check_options()
   local report = check.evaluate_fleet(entries, opts)
-  io.stdout:write(check.fleet_outputs[a.format](report, opts))
+  self.out:write(check.fleet_outputs[a.format](report, opts))
   return report.status
 end
 
@@ -918,17 +1052,17 @@ function Run:fleet_get(fleet, names)
     end
   end
   if #found == 0 then
-    io.stderr:write(("vpp: no tenant has a token %s\n"):format(id))
+    output.err(("vpp: no tenant has a token %s\n"):format(id))
     return M.EXIT_FAILURE
   end
   local f = self.args.format
   if f == "json" then
-    io.stdout:write(format.json(#found == 1 and found[1] or format.array(found)))
+    self.out:write(format.json(#found == 1 and found[1] or format.array(found)))
   elseif f == "csv" then
     for _, t in ipairs(found) do t.labels = labels_cell(t.labels) end
-    io.stdout:write(format.csv(found, fields_with_tenant(format.token_fields, true)))
+    self.out:write(format.csv(found, fields_with_tenant(format.token_fields, true)))
   else
-    for _, t in ipairs(found) do io.stdout:write(format.token_detail(t, colour())) end
+    for _, t in ipairs(found) do self.out:write(format.token_detail(t, colour())) end
   end
   return self.tenants_failed > 0 and M.EXIT_FAILURE or M.EXIT_OK
 end
@@ -953,7 +1087,21 @@ local function usage_exit(command)
   return command == "check" and check.UNKNOWN or M.EXIT_USAGE
 end
 
-local function run(args)
+-- Exit codes of a run whose output is kept (--output FILE replaced): done,
+-- and check's OK, WARNING and CRITICAL (the check's answer).
+local function succeeded(name, code)
+  if name == "check" then return code == check.OK or code == check.WARNING or code == check.CRITICAL end
+  return code == M.EXIT_OK
+end
+
+-- The failing exit code of a command (check's is UNKNOWN).
+local function failure_of(name)
+  return name == "check" and check.UNKNOWN or M.EXIT_FAILURE
+end
+
+local completions = { bash = "get_bash_complete", zsh = "get_zsh_complete", fish = "get_fish_complete" }
+
+local function run(args, ctx)
   -- SIGINT, SIGTERM, from the start: the calls under way end at once
   -- (cancel), what finished is reported, and the exit is 128 + the signal.
   local caught = {}
@@ -964,29 +1112,56 @@ local function run(args)
   local state = {}
   local parser, subcommands = M.parser(state)
   local ok, parsed = parser:pparse(args)
+  local name = ok and parsed.command or command_in(args)
+  ctx.name = name
+  local out = output.new(ok and parsed.output or nil)
+  ctx.out = out
+  if not out:usable() then
+    -- Nothing would reach anyone: say so before doing anything.
+    output.err("vpp: cannot write to stdout: it is closed (give --output FILE, or open it)\n")
+    ctx.out = nil
+    return failure_of(name)
+  end
+  colour_on = format.use_colour(ok and parsed.color or "auto", out:terminal())
   if state.help then
-    io.stdout:write(state.help, "\n")
+    out:write(state.help, "\n")
     return M.EXIT_OK
   end
   if state.version then
-    io.stdout:write(("vpp %s (lua-vpp, %s, %s)\n"):format(vpp._VERSION, core._curl_version, _VERSION))
+    out:write(("vpp %s (lua-vpp, %s, %s)\n"):format(vpp._VERSION, core._curl_version, _VERSION))
     return M.EXIT_OK
   end
-  local name = ok and parsed.command or command_in(args)
   local usage = (subcommands[name] or parser):get_usage()
   if not ok then
-    io.stderr:write(usage, "\n\nvpp: ", parsed, "\n")
+    output.err(usage, "\n\nvpp: ", parsed, "\n")
     return usage_exit(name)
   end
-  local self = setmetatable({ args = parsed, caught = caught }, Run)
-  if name == "check" and parsed.crit_days > parsed.warn_days then
-    io.stderr:write(usage, "\n\nvpp: --crit-days must not be more than --warn-days\n")
-    return check.UNKNOWN
+  if name == "help" then
+    local topic = parsed.topic
+    if topic and not subcommands[topic] then
+      output.err(subcommands.help:get_usage(), ("\n\nvpp: unknown command '%s'\n"):format(topic))
+      return M.EXIT_USAGE
+    end
+    out:write((topic and subcommands[topic] or parser):get_help(), "\n")
+    return M.EXIT_OK
+  end
+  if name == "completion" then
+    out:write(parser[completions[parsed.shell]](parser))
+    return M.EXIT_OK
+  end
+  local self = setmetatable({ args = parsed, caught = caught, out = out }, Run)
+  if name == "check" then
+    local problem = parsed.crit_days > parsed.warn_days and "--crit-days must not be more than --warn-days"
+      or parsed.licenses_warn > parsed.licenses_crit and "--licenses-warn must not be more than --licenses-crit"
+    if problem then
+      output.err(usage, "\n\nvpp: ", problem, "\n")
+      return check.UNKNOWN
+    end
   end
   local tenants_file = parsed.tenants
   if tenants_file == nil and (os.getenv("VPP_TENANTS") or "") ~= "" then tenants_file = os.getenv("VPP_TENANTS") end
   if not tenants_file and (#parsed.tenant > 0 or parsed.shard) then
-    io.stderr:write(usage, "\n\nvpp: --tenant and --shard go with --tenants\n")
+    output.err(usage, "\n\nvpp: --tenant and --shard go with --tenants\n")
     return usage_exit(name)
   end
   local fleet, names
@@ -995,7 +1170,7 @@ local function run(args)
     local opened, f, picked = pcall(self.open_fleet, self, tenants_file, self:flag_settings())
     if not opened then
       if getmetatable(f) ~= UsageError then error(f, 0) end
-      io.stderr:write(usage, "\n\nvpp: ", f.message, "\n")
+      output.err(usage, "\n\nvpp: ", f.message, "\n")
       return usage_exit(name)
     end
     fleet, names = f, picked
@@ -1003,7 +1178,7 @@ local function run(args)
       command = function(run_self) return fleet_commands[name](run_self, fleet, names) end
       self.fleet = fleet
     elseif #names ~= 1 then
-      io.stderr:write(usage, ("\n\nvpp: with --tenants, %s runs on one tenant: pick it with --tenant NAME\n"):format(name))
+      output.err(usage, ("\n\nvpp: with --tenants, %s runs on one tenant: pick it with --tenant NAME\n"):format(name))
       return usage_exit(name)
     else
       self.tenant_name = names[1]
@@ -1017,11 +1192,11 @@ local function run(args)
   end
   if not client then
     if kind == "settings" then
-      io.stderr:write(usage, "\n\nvpp: ", message, "\n")
+      output.err(usage, "\n\nvpp: ", message, "\n")
       return usage_exit(name)
     end
     if name == "check" then return self:check_unknown(message) end
-    io.stderr:write("vpp: ", message, "\n")
+    output.err("vpp: ", message, "\n")
     return M.EXIT_FAILURE
   end
   self.limit = parsed.deadline
@@ -1033,12 +1208,12 @@ local function run(args)
   caught.client = nil
   client:close()
   if done and caught.signal and name ~= "check" then
-    if not self.summarised then io.stderr:write("vpp: ", self:interruption(), "\n") end
+    if not self.summarised then output.err("vpp: ", self:interruption(), "\n") end
     return 128 + caught.signal
   end
   if not done then
     if getmetatable(code) == UsageError then
-      io.stderr:write(usage, "\n\nvpp: ", code.message, "\n")
+      output.err(usage, "\n\nvpp: ", code.message, "\n")
       return usage_exit(name)
     end
     error(code, 0)
@@ -1048,21 +1223,29 @@ end
 
 --- Runs the command line `args` (a list of strings); returns the exit code.
 -- Nothing a user can do produces a traceback: a bug in lua-vpp is one line
--- (the traceback with --verbose) and exit code 70.
+-- (the traceback with --verbose) and exit code 70.  What it writes is
+-- checked: a write that failed makes the exit code a failure.
 function M.main(args)
   local verbose = false
   for _, a in ipairs(args) do
     if a == "-v" or a == "--verbose" then verbose = true end
   end
-  local ok, code = xpcall(function() return run(args) end, function(e) -- no xpcall arguments in 5.1
+  output.reset()
+  output.guard_std_streams()
+  local ctx = {}
+  local ok, code = xpcall(function() return run(args, ctx) end, function(e) -- no xpcall arguments in 5.1
     return verbose and debug.traceback(tostring(e), 2) or tostring(e)
   end)
   core._release_signals() -- a host that runs main keeps its own handling
   if not ok then
-    io.stderr:write("vpp: internal error: ", tostring(code), "\n")
-    return M.EXIT_SOFTWARE
+    output.err("vpp: internal error: ", tostring(code), "\n")
+    code = M.EXIT_SOFTWARE
   end
-  io.stdout:flush()
+  if ctx.out then
+    code = ctx.out:finish(ok and succeeded(ctx.name, code), failure_of(ctx.name)) or code
+  elseif output.stderr_failed() and code == M.EXIT_OK then
+    code = M.EXIT_FAILURE
+  end
   return code
 end
 

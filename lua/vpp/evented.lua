@@ -120,7 +120,7 @@ end
 -- The methods of a loop client: the C ones, driven.
 local loop_methods = core.loop_client_methods
 for _, name in ipairs { "sync_licenses", "sync_apps", "get_token", "list_tokens", "sync_many", "get_many",
-  "revoke_licenses", "sync_license_counts", "licenses_for_app", "update_token" } do
+  "revoke_licenses", "sync_license_counts", "licenses_for_app", "list_vpp_apps", "update_token" } do
   local c_method = core.client_methods[name]
   loop_methods[name] = function(self, ...)
     local a, b = c_method(self, ...)

@@ -421,17 +421,17 @@ end
 Fleet.sync_all = over("sync_all")
 Fleet.list_tokens = over("list_tokens")
 
---- fleet:check(opts [, run_opts]): every tenant's tokens judged as `vpp
--- check` does (opts: warn_days, crit_days, now, select): per tenant, the
--- check report ({ status, tokens, ... }).
+--- fleet:check(opts [, run_opts]): every tenant's tokens (and the
+-- licences of their VPP apps, unless opts.licenses is false) judged as
+-- `vpp check` does (opts: those of vpp.health.options, select): per
+-- tenant, the health report ({ status, tokens, ... }).
 function Fleet:check(opts, run_opts)
-  local check = require "vpp.cli.check"
-  opts = opts or {}
+  local health = require "vpp.health"
+  opts = health.options(opts)
   return self:run(function(client)
-    local all, err = client:list_tokens { select = opts.select }
-    if not all then return nil, err end
-    return check.evaluate(all, { warn_days = opts.warn_days or 30, crit_days = opts.crit_days or 7,
-      now = opts.now or core._time() })
+    local data, err = health.gather(client, { select = opts.select, licenses = opts.licenses })
+    if not data then return nil, err end
+    return health.evaluate(data, opts)
   end, run_opts)
 end
 

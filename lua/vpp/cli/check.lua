@@ -5,162 +5,131 @@ local tokens = require "vpp.tokens"
 
 local M = {}
 
-M.OK, M.WARNING, M.CRITICAL, M.UNKNOWN = 0, 1, 2, 3
-M.names = { [0] = "OK", "WARNING", "CRITICAL", "UNKNOWN" }
+local health = require "vpp.health"
 
--- Graph's vppTokenState and vppTokenSyncStatus values.
-M.states = { "unknown", "valid", "expired", "invalid", "assignedToExternalMDM", "duplicateLocationId" }
-M.sync_statuses = { "none", "inProgress", "completed", "failed" }
-
-local warning_states = { unknown = true, assignedToExternalMDM = true, duplicateLocationId = true }
-local known_states = {}
-for _, s in ipairs(M.states) do known_states[s] = true end
-
-local function plural(n, word)
-  return ("%d %s%s"):format(n, word, n == 1 and "" or "s")
+for _, k in ipairs { "OK", "WARNING", "CRITICAL", "UNKNOWN", "names", "states", "sync_statuses", "worse" } do
+  M[k] = health[k]
 end
 
--- Near the thresholds a whole number misleads ("in 7 days" for 7.4 days is
--- not within 7), so short spans keep a decimal.
-local function in_days(days)
-  if days < 10 then return ("in %.1f days"):format(math.floor(days * 10) / 10) end
-  return "in " .. plural(math.floor(days), "day")
+local plural = health.plural
+
+-- Text that goes into the plugin output: data shown neutralised, and no
+-- "|" (it starts perfdata, on any line of the output).
+local function visible(s) return format.visible(s, nil, "|") end
+
+--- The first problem of a report, for the status line: "name: reasons".
+local function first_problem(j)
+  return ("%s: %s"):format(format.name_of(j.token), table.concat(j.reasons, ", "))
 end
 
---- The level of one token and why: { level, reasons = {...}, days }.
-function M.judge(t, opts)
-  local level, reasons = M.OK, {}
-  local function raise(l, why)
-    if l > level then level = l end
-    reasons[#reasons + 1] = why
-  end
-  local expires = tokens.parse_time(t.expirationDateTime)
-  local days = expires and (expires - opts.now) / 86400
-  if t.state == "expired" or (days and days <= 0) then
-    local ago = days and math.floor(-days)
-    raise(M.CRITICAL, not days and "expired" or ago < 1 and "expired today"
-      or ("expired %s ago"):format(plural(ago, "day")))
-  elseif t.state == "invalid" then
-    raise(M.CRITICAL, "invalid")
-  elseif days and days <= opts.crit_days then
-    raise(M.CRITICAL, "expires " .. in_days(days))
-  elseif days and days <= opts.warn_days then
-    raise(M.WARNING, "expires " .. in_days(days))
-  elseif not days then
-    raise(M.WARNING, "no readable expirationDateTime")
-  end
-  if warning_states[t.state] or (t.state ~= nil and not known_states[t.state]) then
-    raise(M.WARNING, "state " .. tostring(t.state))
-  end
-  if t.lastSyncStatus == "failed" then raise(M.WARNING, "last sync failed") end
-  for _, x in ipairs(opts.also and opts.also(t) or {}) do raise(x[1], x[2]) end
-  return { level = level, reasons = reasons, days = days }
+--- The one-line summary of a report (prefix: the tenant's, in a fleet).
+local function summary_of(report)
+  local s = report.summary
+  if report.first then s = s .. "; " .. first_problem(report.first) end
+  if report.apps_err then s = s .. "; licences: " .. M.unknown_summary(report.apps_err) end
+  return s
 end
 
---- Judges every token: { status, summary, perfdata, tokens = {...}, counts }.
-function M.evaluate(list, opts)
-  local report = { status = M.OK, tokens = {}, counts = { [M.OK] = 0, [M.WARNING] = 0, [M.CRITICAL] = 0 } }
-  local expired, invalid, sync_failed, warn_soon, crit_soon, min_days = 0, 0, 0, 0, 0, nil
-  for _, t in ipairs(list) do
-    local j = M.judge(t, opts)
-    j.token = t
-    report.tokens[#report.tokens + 1] = j
-    report.counts[j.level] = report.counts[j.level] + 1
-    if j.level > report.status then report.status = j.level end
-    if t.state == "expired" or (j.days and j.days <= 0) then expired = expired + 1 end
-    if t.state == "invalid" then invalid = invalid + 1 end
-    if t.lastSyncStatus == "failed" then sync_failed = sync_failed + 1 end
-    if j.days and j.days > 0 then
-      if j.days <= opts.warn_days then warn_soon = warn_soon + 1 end
-      if j.days <= opts.crit_days then crit_soon = crit_soon + 1 end
-      if t.state ~= "invalid" and (not min_days or j.days < min_days) then min_days = j.days end
-    end
-  end
-  -- Worst first, then soonest to expire.
-  local problems = {}
-  for _, j in ipairs(report.tokens) do
-    if j.level > M.OK then problems[#problems + 1] = j end
-  end
-  table.sort(problems, function(a, b)
-    if a.level ~= b.level then return a.level > b.level end
-    return (a.days or math.huge) < (b.days or math.huge)
-  end)
-  report.problems = problems
-  local n = #list
-  if n == 0 then
-    report.summary = "no VPP tokens"
-  elseif #problems == 0 then
-    report.summary = ("%s, none expiring within %g days"):format(plural(n, "token"), opts.warn_days)
-  else
-    local parts = {}
-    if report.counts[M.CRITICAL] > 0 then parts[#parts + 1] = report.counts[M.CRITICAL] .. " critical" end
-    if report.counts[M.WARNING] > 0 then parts[#parts + 1] = report.counts[M.WARNING] .. " warning" end
-    local first = problems[1]
-    report.summary = ("%s of %s; %s: %s"):format(table.concat(parts, ", "), plural(n, "token"),
-      format.name_of(first.token), table.concat(first.reasons, ", "))
-  end
-  report.numbers = { tokens = n, critical = report.counts[M.CRITICAL], warning = report.counts[M.WARNING],
-    expired = expired, invalid = invalid, expiring_warn = warn_soon, expiring_crit = crit_soon,
-    sync_failed = sync_failed }
-  report.min_days = min_days
-  report.perfdata = M.perfdata(report.numbers, min_days, opts)
-  return report
-end
+local PERF = health.NUMBERS
 
-local PERF = { "tokens", "critical", "warning", "expired", "invalid", "expiring_warn", "expiring_crit", "sync_failed" }
-
---- Nagios perfdata for the numbers (prefix: more items first).
-function M.perfdata(numbers, min_days, opts, prefix)
+--- Nagios perfdata for the numbers (prefix: more items first).  The ranges
+-- say what the text does: min_days_left alerts under the days given
+-- ("30:"), licenses_used_max at or above the percentages ("@90:").
+function M.perfdata(numbers, min_days, max_licenses, opts, prefix)
   local parts = { prefix }
   for _, k in ipairs(PERF) do parts[#parts + 1] = ("%s=%d;;;0"):format(k, numbers[k] or 0) end
-  if min_days then parts[#parts + 1] = ("min_days_left=%.2f;%g:;%g:"):format(min_days, opts.warn_days, opts.crit_days) end
+  if min_days then
+    parts[#parts + 1] = ("min_days_left=%.2f;%g:;%g:"):format(math.floor(min_days * 100) / 100, opts.warn_days,
+      opts.crit_days)
+  end
+  if max_licenses then
+    parts[#parts + 1] = ("licenses_used_max=%.1f%%;@%g:;@%g:;0"):format(math.floor(max_licenses * 10) / 10,
+      opts.licenses_warn, opts.licenses_crit)
+  end
   return table.concat(parts, " ")
+end
+
+--- Judges the data of one tenant (health.evaluate) with the options'
+-- defaults filled in.
+function M.evaluate(data, opts)
+  return health.evaluate(data, health.options(opts))
 end
 
 -- ---- the three outputs -------------------------------------------------------
 
 local function status_line(status, summary, perfdata)
-  local line = ("VPP %s - %s"):format(M.names[status], (summary:gsub("[\r\n|]", " ")))
+  local line = ("VPP %s - %s"):format(M.names[status], visible(summary))
   if perfdata then line = line .. " | " .. perfdata end
   return line
 end
 
---- The plugin output: the status line, then a line per token needing care.
-function M.text(report)
-  local lines = { status_line(report.status, report.summary, report.perfdata) }
+local function report_perfdata(report, opts, prefix)
+  return M.perfdata(report.numbers, report.min_days, report.max_licenses, opts, prefix)
+end
+
+-- A line per token needing care (prefix: "tenant: " in a fleet).
+local function problem_lines(lines, report, prefix)
   for _, j in ipairs(report.problems) do
     local t = j.token
-    lines[#lines + 1] = ("%s: %s (%s): %s [expiry %s]"):format(M.names[j.level], format.name_of(t),
-      tostring(t.id), table.concat(j.reasons, ", "), format.utc(t.expirationDateTime, false))
+    lines[#lines + 1] = visible(("%s: %s%s (%s): %s [expiry %s]"):format(M.names[j.level], prefix or "",
+      format.name_of(t), tostring(t.id), table.concat(j.reasons, ", "), format.utc(t.expirationDateTime, false)))
   end
+  if report.apps_err then
+    lines[#lines + 1] = visible(("UNKNOWN: %slicences: %s"):format(prefix or "", M.unknown_summary(report.apps_err)))
+  end
+end
+
+--- The plugin output: the status line, then a line per token needing care.
+function M.text(report, opts)
+  local lines = { status_line(report.status, summary_of(report), report_perfdata(report, opts)) }
+  problem_lines(lines, report)
   return table.concat(lines, "\n") .. "\n"
 end
 
 -- err: what kept Graph from answering, or { summary = ... } for a run that
 -- did not end (interrupted, timed out).
-local function unknown_summary(err)
+function M.unknown_summary(err)
   if type(err) == "table" and err.summary then return err.summary end
   return "cannot ask Graph: " .. format.message(err)
 end
+local unknown_summary = M.unknown_summary
 
 function M.unknown_text(err)
   return status_line(M.UNKNOWN, unknown_summary(err)) .. "\n"
 end
 
+local function round(x, digits) -- to the nearest
+  if not x then return nil end
+  local k = 10 ^ digits
+  return math.floor(x * k + 0.5) / k
+end
+
 local function json_table(report, opts)
   local out = {
-    status = M.names[report.status], exit_code = report.status, summary = report.summary,
-    warn_days = opts.warn_days, crit_days = opts.crit_days,
+    status = M.names[report.status], exit_code = report.status, summary = summary_of(report),
+    warn_days = opts.warn_days, crit_days = opts.crit_days, stale_hours = opts.stale_hours,
+    licenses_warn = opts.licenses_warn, licenses_crit = opts.licenses_crit,
     checked_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(opts.now)), tokens = format.array(),
+    licenses_error = report.apps_err and format.error_fields(report.apps_err) or nil,
   }
   for _, j in ipairs(report.tokens) do
     local t = j.token
+    local apps
+    if j.apps then
+      apps = format.array()
+      for _, a in ipairs(j.apps) do
+        apps[#apps + 1] = { id = a.app.id, name = a.app.displayName, bundleId = a.app.bundleId,
+          type = a.app["@odata.type"], usedLicenseCount = a.app.usedLicenseCount,
+          totalLicenseCount = a.app.totalLicenseCount, status = M.names[a.level],
+          percent_used = a.percent and math.floor(a.percent * 10) / 10 }
+      end
+    end
     out.tokens[#out.tokens + 1] = {
       id = t.id, name = format.name_of(t), displayName = t.displayName, appleId = t.appleId,
-      state = t.state, lastSyncStatus = t.lastSyncStatus,
+      state = t.state, lastSyncStatus = t.lastSyncStatus, lastAppCount = t.lastAppCount,
       expirationDateTime = t.expirationDateTime, lastSyncDateTime = t.lastSyncDateTime,
-      days_left = j.days and math.floor(j.days * 100 + 0.5) / 100, status = M.names[j.level],
-      reasons = format.array(j.reasons),
+      days_left = round(j.days, 2), last_sync_age_hours = round(j.sync_age and j.sync_age / 3600, 1),
+      status = M.names[j.level], reasons = format.array(j.reasons), apps = apps,
     }
   end
   return out
@@ -176,9 +145,12 @@ end
 
 function M.unknown_json(err, opts) return format.json(unknown_table(err, opts)) end
 
--- Prometheus text format: label values escape \, " and newlines.
+-- Prometheus text format: valid UTF-8; label values escape \ and ";
+-- controls (newlines too) are shown as \xHH: the value is data, and a
+-- textfile is read on terminals too.
 local function label(v)
-  return (tostring(v == nil and "" or v):gsub('[\\"\n]', { ["\\"] = "\\\\", ['"'] = '\\"', ["\n"] = "\\n" }))
+  v = format.visible(tostring(v == nil and "" or v))
+  return (v:gsub('[\\"]', { ["\\"] = "\\\\", ['"'] = '\\"' }))
 end
 
 local function metric(out, name, help, samples)
@@ -214,24 +186,45 @@ local function one_of(labels, t, field, values, lname)
   return samples
 end
 
+local SERIES = {
+  { "vpp_token_expiry_timestamp_seconds", "When the VPP token expires, in seconds since the epoch." },
+  { "vpp_token_last_sync_timestamp_seconds", "When the VPP token last synced with Apple." },
+  { "vpp_token_last_sync_age_seconds", "Seconds since the VPP token last synced with Apple." },
+  { "vpp_token_state", "The VPP token's state: 1 for the current one." },
+  { "vpp_token_last_sync_status", "The VPP token's last sync status: 1 for the current one." },
+  { "vpp_app_licenses_total", "Licences of a VPP app on a VPP token." },
+  { "vpp_app_licenses_used", "Licences of a VPP app on a VPP token that are in use." },
+}
+
 --- A node_exporter textfile for entries { tenant, report | nil, status }
--- (one, "default", without a fleet): per-token gauges and each tenant's
--- status, every series labelled by tenant, so that the files of several
--- tenants, or one for a fleet, never collide.
+-- (one, "default", without a fleet): per-token and per-app gauges and each
+-- tenant's status, every series labelled by tenant, so that the files of
+-- several tenants, or one for a fleet, never collide.
 local function prometheus_of(entries, first_line, opts)
   local out = { "# " .. first_line }
-  local expiry, sync, state, status, check_status, up, at = {}, {}, {}, {}, {}, {}, {}
+  local samples = {}
+  for _, s in ipairs(SERIES) do samples[s[1]] = {} end
+  local function add(name, text) local l = samples[name] l[#l + 1] = name .. text end
+  local check_status, up, at = {}, {}, {}
   for _, e in ipairs(entries) do
     local own = tenant_labels(e)
     for _, j in ipairs(e.report and e.report.tokens or {}) do
       local t = j.token
       local labels = token_labels(own, t)
       local x, y = tokens.parse_time(t.expirationDateTime), tokens.parse_time(t.lastSyncDateTime)
-      if x then expiry[#expiry + 1] = ("vpp_token_expiry_timestamp_seconds{%s} %d"):format(labels, math.floor(x)) end
-      if y then sync[#sync + 1] = ("vpp_token_last_sync_timestamp_seconds{%s} %d"):format(labels, math.floor(y)) end
-      for _, v in ipairs(one_of(labels, t, "state", M.states, "state")) do state[#state + 1] = "vpp_token_state" .. v end
+      if x then add("vpp_token_expiry_timestamp_seconds", ("{%s} %d"):format(labels, math.floor(x))) end
+      if y then add("vpp_token_last_sync_timestamp_seconds", ("{%s} %d"):format(labels, math.floor(y))) end
+      if j.sync_age then add("vpp_token_last_sync_age_seconds", ("{%s} %d"):format(labels, math.floor(j.sync_age))) end
+      for _, v in ipairs(one_of(labels, t, "state", M.states, "state")) do add("vpp_token_state", v) end
       for _, v in ipairs(one_of(labels, t, "lastSyncStatus", M.sync_statuses, "status")) do
-        status[#status + 1] = "vpp_token_last_sync_status" .. v
+        add("vpp_token_last_sync_status", v)
+      end
+      for _, a in ipairs(j.apps or {}) do
+        local al = ('%s,app_id="%s",bundle_id="%s",app_name="%s"'):format(labels, label(a.app.id),
+          label(a.app.bundleId), label(a.app.displayName))
+        local total, used = tonumber(a.app.totalLicenseCount), tonumber(a.app.usedLicenseCount)
+        if total then add("vpp_app_licenses_total", ("{%s} %d"):format(al, total)) end
+        if used then add("vpp_app_licenses_used", ("{%s} %d"):format(al, used)) end
       end
     end
     local tl = "{" .. own .. "}"
@@ -239,11 +232,8 @@ local function prometheus_of(entries, first_line, opts)
     up[#up + 1] = ("vpp_graph_up%s %d"):format(tl, e.report and 1 or 0)
     at[#at + 1] = ("vpp_check_timestamp_seconds%s %d"):format(tl, math.floor(opts.now))
   end
-  if #expiry + #sync + #state > 0 then
-    metric(out, "vpp_token_expiry_timestamp_seconds", "When the VPP token expires, in seconds since the epoch.", expiry)
-    metric(out, "vpp_token_last_sync_timestamp_seconds", "When the VPP token last synced with Apple.", sync)
-    metric(out, "vpp_token_state", "The VPP token's state: 1 for the current one.", state)
-    metric(out, "vpp_token_last_sync_status", "The VPP token's last sync status: 1 for the current one.", status)
+  for _, s in ipairs(SERIES) do
+    if #samples[s[1]] > 0 then metric(out, s[1], s[2], samples[s[1]]) end
   end
   metric(out, "vpp_check_status", "Result of vpp check: 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN.", check_status)
   metric(out, "vpp_graph_up", "Whether Graph answered the check.", up)
@@ -253,7 +243,7 @@ end
 
 function M.prometheus(report, opts)
   return prometheus_of({ { tenant = opts.tenant or "default", report = report, status = report.status } },
-    status_line(report.status, report.summary), opts)
+    status_line(report.status, summary_of(report)), opts)
 end
 
 function M.unknown_prometheus(err, opts)
@@ -263,57 +253,11 @@ end
 
 -- ---- a fleet -------------------------------------------------------------------
 
--- The fleet's status is the worst of its tenants': CRITICAL > WARNING >
--- UNKNOWN > OK (a tenant that cannot be asked hides no other's warning).
-local rank = { [M.OK] = 0, [M.UNKNOWN] = 1, [M.WARNING] = 2, [M.CRITICAL] = 3 }
-function M.worse(a, b) return rank[a] > rank[b] end
-
---- Judges a fleet: entries { tenant, tokens | nil, err } in order → a
--- report { status, summary, perfdata, entries = { tenant, status, report
--- | nil, err } }.  One Apple ID in two tenants is a WARNING on both (an
--- Apple token can belong to one MDM only).
+--- Judges a fleet (health.evaluate_fleet) and words it: the report with
+-- summary and perfdata.
 function M.evaluate_fleet(list, opts)
-  local owners = {}
-  for _, e in ipairs(list) do
-    for _, t in ipairs(e.tokens or {}) do
-      if type(t.appleId) == "string" and t.appleId ~= "" then
-        owners[t.appleId] = owners[t.appleId] or {}
-        owners[t.appleId][e.tenant] = true
-      end
-    end
-  end
-  local fleet = { status = M.OK, entries = {}, numbers = {}, unknown = 0 }
-  local min_days, first
-  for _, e in ipairs(list) do
-    local entry = { tenant = e.tenant, err = e.err, labels = e.labels }
-    if e.tokens then
-      local o = {}
-      for k, v in pairs(opts) do o[k] = v end
-      o.also = function(t)
-        local others = {}
-        for name in pairs(owners[t.appleId] or {}) do
-          if name ~= e.tenant then others[#others + 1] = name end
-        end
-        if #others == 0 then return nil end
-        table.sort(others)
-        return { { M.WARNING, ("Apple ID also in tenant %s (an Apple token can belong to one MDM only)")
-          :format(table.concat(others, ", ")) } }
-      end
-      entry.report = M.evaluate(e.tokens, o)
-      entry.status = entry.report.status
-      for k, v in pairs(entry.report.numbers) do fleet.numbers[k] = (fleet.numbers[k] or 0) + v end
-      if entry.report.min_days and (not min_days or entry.report.min_days < min_days) then
-        min_days = entry.report.min_days
-      end
-      local p = entry.report.problems[1]
-      if p and (not first or rank[p.level] > rank[first.level]) then first = { level = p.level, tenant = e.tenant, j = p } end
-    else
-      entry.status = M.UNKNOWN
-      fleet.unknown = fleet.unknown + 1
-    end
-    if M.worse(entry.status, fleet.status) then fleet.status = entry.status end
-    fleet.entries[#fleet.entries + 1] = entry
-  end
+  opts = health.options(opts)
+  local fleet = health.evaluate_fleet(list, opts)
   local counts = {}
   for _, e in ipairs(fleet.entries) do counts[e.status] = (counts[e.status] or 0) + 1 end
   local parts = {}
@@ -321,11 +265,8 @@ function M.evaluate_fleet(list, opts)
     if counts[l] then parts[#parts + 1] = ("%d %s"):format(counts[l], M.names[l]:lower()) end
   end
   fleet.summary = ("fleet of %s: %s"):format(plural(#list, "tenant"), #parts > 0 and table.concat(parts, ", ") or "all OK")
-  if first then
-    fleet.summary = fleet.summary .. ("; %s/%s: %s"):format(first.tenant, format.name_of(first.j.token),
-      table.concat(first.j.reasons, ", "))
-  end
-  fleet.perfdata = M.perfdata(fleet.numbers, min_days, opts,
+  if fleet.first then fleet.summary = fleet.summary .. ("; %s/%s"):format(fleet.first.tenant, first_problem(fleet.first.j)) end
+  fleet.perfdata = M.perfdata(fleet.numbers, fleet.min_days, fleet.max_licenses, opts,
     ("tenants=%d;;;0 tenants_unknown=%d;;;0"):format(#list, fleet.unknown))
   return fleet
 end
@@ -334,28 +275,27 @@ local function fleet_text(fleet)
   local lines = { status_line(fleet.status, fleet.summary, fleet.perfdata) }
   for _, e in ipairs(fleet.entries) do
     if e.status ~= M.OK then
-      lines[#lines + 1] = ("%s: tenant %s: %s"):format(M.names[e.status], e.tenant,
-        e.report and e.report.summary or unknown_summary(e.err))
+      lines[#lines + 1] = visible(("%s: tenant %s: %s"):format(M.names[e.status], e.tenant,
+        e.report and summary_of(e.report) or unknown_summary(e.err)))
     end
   end
   for _, e in ipairs(fleet.entries) do
-    for _, j in ipairs(e.report and e.report.problems or {}) do
-      local t = j.token
-      lines[#lines + 1] = ("%s: %s: %s (%s): %s [expiry %s]"):format(M.names[j.level], e.tenant, format.name_of(t),
-        tostring(t.id), table.concat(j.reasons, ", "), format.utc(t.expirationDateTime, false))
-    end
+    if e.report then problem_lines(lines, e.report, e.tenant .. ": ") end
   end
   return table.concat(lines, "\n") .. "\n"
 end
 
 local function fleet_json(fleet, opts)
   local out = { status = M.names[fleet.status], exit_code = fleet.status, summary = fleet.summary,
-    warn_days = opts.warn_days, crit_days = opts.crit_days,
+    warn_days = opts.warn_days, crit_days = opts.crit_days, stale_hours = opts.stale_hours,
+    licenses_warn = opts.licenses_warn, licenses_crit = opts.licenses_crit,
     checked_at = os.date("!%Y-%m-%dT%H:%M:%SZ", math.floor(opts.now)), tenants = format.array() }
   for _, e in ipairs(fleet.entries) do
     local one = e.report and json_table(e.report, opts) or unknown_table(e.err, opts)
     one.tenant, one.labels = e.tenant, e.labels and next(e.labels) and e.labels or nil
-    one.warn_days, one.crit_days, one.checked_at = nil, nil, nil
+    for _, k in ipairs { "warn_days", "crit_days", "stale_hours", "licenses_warn", "licenses_crit", "checked_at" } do
+      one[k] = nil
+    end
     out.tenants[#out.tenants + 1] = one
   end
   return format.json(out)

@@ -15,9 +15,10 @@ local known = { ["v1.0"] = {}, beta = {} }
 for _, p in ipairs(v1) do known["v1.0"][p], known.beta[p] = true, true end
 for _, p in ipairs(beta_only) do known.beta[p] = true end
 
--- What the table, CSV and check use: names, state, sync, expiry.
+-- What the table, CSV and check use: names, state, sync, expiry, and
+-- (beta) the apps the last sync found.
 local shown = { "id", "displayName", "appleId", "organizationName", "vppTokenAccountType", "state",
-  "lastSyncStatus", "lastSyncDateTime", "expirationDateTime" }
+  "lastSyncStatus", "lastSyncDateTime", "expirationDateTime", "lastAppCount" }
 
 local function of(version, list)
   local k = known[version]

@@ -3,8 +3,78 @@
 local cjson = require "cjson"
 local core = require "vpp.core"
 local tokens = require "vpp.tokens"
+local health = require "vpp.health"
 
 local M = {}
+
+-- ---- text from the network is data ------------------------------------------
+
+local REPLACEMENT = "\239\191\189" -- U+FFFD
+
+--- s with every invalid UTF-8 sequence (stray continuation bytes,
+-- overlong forms, surrogates, beyond U+10FFFF, cut short) replaced by
+-- U+FFFD, as JSON parsers and the Prometheus text format require.
+function M.utf8(s)
+  if not s:find("[\128-\255]") then return s end
+  local out, i, n = {}, 1, #s
+  while i <= n do
+    local c = s:byte(i)
+    local len, lo, hi = 0, 0x80, 0xBF
+    if c < 0x80 then len = 1
+    elseif c >= 0xC2 and c <= 0xDF then len = 2
+    elseif c >= 0xE0 and c <= 0xEF then
+      len = 3
+      if c == 0xE0 then lo = 0xA0 elseif c == 0xED then hi = 0x9F end
+    elseif c >= 0xF0 and c <= 0xF4 then
+      len = 4
+      if c == 0xF0 then lo = 0x90 elseif c == 0xF4 then hi = 0x8F end
+    end
+    local ok = len > 0 and i + len - 1 <= n
+    for k = 1, len - 1 do
+      if not ok then break end
+      local b = s:byte(i + k)
+      if k == 1 then ok = b >= lo and b <= hi else ok = b >= 0x80 and b <= 0xBF end
+    end
+    if ok then
+      out[#out + 1] = s:sub(i, i + len - 1)
+      i = i + len
+    else
+      out[#out + 1] = REPLACEMENT
+      i = i + 1
+    end
+  end
+  return table.concat(out)
+end
+
+-- What a terminal would act on: C0 controls and DEL, C1 controls (U+0080
+-- to U+009F, ESC's 8-bit twins), and the bidirectional overrides that
+-- reorder what is shown (U+202A-U+202E, U+2066-U+2069).
+local C1 = "\194[\128-\159]"
+local BIDI = "\226\128[\170-\174]"
+local ISOLATE = "\226\129[\166-\169]"
+
+local function codepoint_escape(seq)
+  local b1, b2, b3 = seq:byte(1, 3)
+  local cp = b3 and ((b1 % 16) * 4096 + (b2 % 64) * 64 + b3 % 64) or ((b1 % 32) * 64 + b2 % 64)
+  return ("\\u%04x"):format(cp)
+end
+
+--- Text for a terminal: valid UTF-8, each control character shown as
+-- \xHH (\u00HH, \u20HH for the C1 and bidirectional ones) instead of
+-- acted on.  keep: characters left as they are ("\n" for a format that
+-- escapes newlines itself); also: more characters to show escaped ("|").
+function M.visible(s, keep, also)
+  s = M.utf8(tostring(s))
+  local class = "[%c\127" .. (also or "") .. "]"
+  s = s:gsub(class, function(c)
+    if keep and keep:find(c, 1, true) then return c end
+    return ("\\x%02x"):format(c:byte())
+  end)
+  if s:find("[\194\226]") then
+    s = s:gsub(C1, codepoint_escape):gsub(BIDI, codepoint_escape):gsub(ISOLATE, codepoint_escape)
+  end
+  return s
+end
 
 -- ---- JSON --------------------------------------------------------------
 
@@ -16,7 +86,13 @@ local array_properties = { roleScopeTagIds = true, tokenActionResults = true }
 -- escapes all of them, a backslash it writes before "/" is always that
 -- escape: a backslash of the data comes out doubled, then "\/".
 function M.json_string(s)
-  return (cjson.encode(s):gsub("\\/", "/"))
+  s = cjson.encode(M.utf8(s)):gsub("\\/", "/")
+  -- cjson leaves the C1 controls and bidi overrides as they are; JSON
+  -- printed on a terminal must not carry them raw.
+  if s:find("[\194\226]") then
+    s = s:gsub(C1, codepoint_escape):gsub(BIDI, codepoint_escape):gsub(ISOLATE, codepoint_escape)
+  end
+  return s
 end
 
 -- indent is nil for compact output.
@@ -86,7 +162,7 @@ end
 --- An error (or a message) as one line without the "vpp: " that
 -- tostring(err) starts with: the command adds its own.
 function M.message(err)
-  return (tostring(err):gsub("^vpp: ", ""))
+  return M.visible((tostring(err):gsub("^vpp: ", "")))
 end
 
 --- The fields of an error that machine output carries.
@@ -101,7 +177,8 @@ end
 local function csv_field(v)
   if v == nil or v == core.null then return "" end
   if type(v) == "table" then v = M.json(v, true) end
-  v = tostring(v)
+  -- Quoting carries CR, LF and TAB; other controls would act on a terminal.
+  v = M.visible(tostring(v), "\r\n\t")
   if v:find('[,"\r\n]') then v = '"' .. v:gsub('"', '""') .. '"' end
   return v
 end
@@ -121,11 +198,15 @@ end
 
 local codes = { red = "31", green = "32", yellow = "33", cyan = "36", dim = "2", bold = "1" }
 
---- Whether to colour what goes to fd: a terminal, and no NO_COLOR
--- (https://no-color.org: any non-empty value).
-function M.use_colour(fd)
-  local no = os.getenv("NO_COLOR")
-  return (no == nil or no == "") and core._isatty(fd)
+--- Whether to colour: when = "always", "never", or "auto" (the default:
+-- a terminal, that is not TERM=dumb, and no NO_COLOR -- https://no-color.org,
+-- any non-empty value).  terminal: whether the output is one.
+function M.use_colour(when, terminal, getenv)
+  getenv = getenv or os.getenv
+  if when == "always" then return true end
+  if when == "never" then return false end
+  local no = getenv("NO_COLOR")
+  return (no == nil or no == "") and getenv("TERM") ~= "dumb" and terminal and true or false
 end
 
 --- Columns a string takes: its UTF-8 characters (bytes that do not continue
@@ -138,14 +219,18 @@ local width = M.width
 --- Aligned columns: cells are strings or { text, colour }; the header is
 -- bold.  Colour codes are left out when colour is false.
 function M.table(header, rows, colour)
-  local widths = {}
+  local widths, shown = {}, {}
   for i, h in ipairs(header) do widths[i] = width(h) end
-  for _, row in ipairs(rows) do
+  for r, row in ipairs(rows) do
+    shown[r] = {}
     for i, cell in ipairs(row) do
-      local text = type(cell) == "table" and cell[1] or cell
+      -- Every cell is shown neutralised: names and messages come from Graph.
+      local text = M.visible(type(cell) == "table" and cell[1] or cell)
+      shown[r][i] = type(cell) == "table" and { text, cell[2] } or text
       if width(text) > widths[i] then widths[i] = width(text) end
     end
   end
+  rows = shown
   local function line(cells, default_colour)
     local parts = {}
     for i, cell in ipairs(cells) do
@@ -177,11 +262,12 @@ function M.utc(ts, with_time)
   return os.date(with_time == false and "!%Y-%m-%d" or "!%Y-%m-%d %H:%M", math.floor(t))
 end
 
---- Whole days until the token expires (negative once expired), or nil.
+--- Whole days until the token expires (negative once expired), counted
+-- toward zero as `vpp check` words it (-22 is "expired 22 days ago"), or nil.
 function M.days_left(token, now)
   local t = tokens.parse_time(token.expirationDateTime)
   if not t then return nil end
-  return math.floor((t - now) / 86400)
+  return health.whole_days((t - now) / 86400)
 end
 
 -- A token's name for people: displayName (beta only), else appleId (one
@@ -210,7 +296,8 @@ function M.token_table(list, opts)
   for _, t in ipairs(list) do
     local days = M.days_left(t, now)
     local days_colour
-    if days and days < 0 then days_colour = "red"
+    local expired = tokens.parse_time(t.expirationDateTime) and tokens.parse_time(t.expirationDateTime) <= now
+    if expired then days_colour = "red"
     elseif days and days < opts.crit_days then days_colour = "red"
     elseif days and days < opts.warn_days then days_colour = "yellow" end
     local row = {

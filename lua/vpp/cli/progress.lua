@@ -2,6 +2,7 @@
 -- batch runs; only on a terminal, so logs and cron mail stay clean.
 local core = require "vpp.core"
 local format = require "vpp.cli.format"
+local output = require "vpp.cli.output"
 
 local M = {}
 M.__index = M
@@ -53,8 +54,9 @@ end
 function M:draw(tail)
   local line = self:line()
   local width = format.width(line)
-  io.stderr:write("\r", line, string.rep(" ", (self.width or 0) - width), tail)
-  io.stderr:flush()
+  -- A progress line that cannot be written is a lost diagnostic (output
+  -- counts it); the run goes on without it.
+  if not output.err("\r", line, string.rep(" ", (self.width or 0) - width), tail) then self.active = false end
   self.width = width
 end
 
