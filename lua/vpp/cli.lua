@@ -18,7 +18,7 @@ local M = {}
 
 M.EXIT_OK, M.EXIT_FAILURE, M.EXIT_USAGE, M.EXIT_SOFTWARE = 0, 1, 64, 70
 
-local DEFAULT_WARN_DAYS, DEFAULT_CRIT_DAYS = 30, 7
+local DEFAULT_WARN_DAYS, DEFAULT_CRIT_DAYS = health.defaults.warn_days, health.defaults.crit_days
 -- Under the 60 s most monitoring systems allow a check.
 local DEFAULT_CHECK_SECONDS = 55
 local SIGNAL_NAMES = { [2] = "SIGINT", [15] = "SIGTERM" }

@@ -158,7 +158,8 @@ M.NUMBERS = NUMBERS
 
 --- Judges every token: { status, summary, tokens = { judgements }, problems
 -- (worst first), numbers, min_days, max_licenses }.  data: { tokens, apps
--- (nil: licences not checked), apps_err (they could not be read) }.
+-- (nil: licences not checked), apps_err (they could not be read) }, or
+-- just the list of tokens.
 function M.evaluate(data, opts)
   opts = opts.severity and opts or M.options(opts)
   local list = data.tokens or data

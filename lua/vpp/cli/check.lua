@@ -1,11 +1,11 @@
---- `vpp check`: token health in the monitoring-plugin convention (Nagios,
--- Icinga, Checkmk) and as a node_exporter textfile for Prometheus.
+--- `vpp check`'s outputs: vpp.health's verdict in the monitoring-plugin
+-- convention (Nagios, Icinga, Checkmk), as JSON, and as a node_exporter
+-- textfile for Prometheus.
 local format = require "vpp.cli.format"
 local tokens = require "vpp.tokens"
+local health = require "vpp.health"
 
 local M = {}
-
-local health = require "vpp.health"
 
 for _, k in ipairs { "OK", "WARNING", "CRITICAL", "UNKNOWN", "names", "states", "sync_statuses", "worse" } do
   M[k] = health[k]
@@ -47,12 +47,6 @@ function M.perfdata(numbers, min_days, max_licenses, opts, prefix)
       opts.licenses_warn, opts.licenses_crit)
   end
   return table.concat(parts, " ")
-end
-
---- Judges the data of one tenant (health.evaluate) with the options'
--- defaults filled in.
-function M.evaluate(data, opts)
-  return health.evaluate(data, health.options(opts))
 end
 
 -- ---- the three outputs -------------------------------------------------------
