@@ -4,6 +4,10 @@
 LUA_VERSION ?= 5.4
 LUA_VERSIONS = 5.1 5.2 5.3 5.4 jit
 PREFIX ?= /usr/local
+# The one place the version is written: src/vpp.h (vpp._VERSION); the
+# rockspecs, the Debian changelog, CHANGELOG.md, vpp(1) and the README are
+# checked against it (spec/release_spec.lua).
+VERSION := $(shell sed -n 's/^\#define VPP_VERSION *"\(.*\)"/\1/p' src/vpp.h)
 DESTDIR ?=
 PKG_CONFIG ?= pkg-config
 BUSTED ?= busted
@@ -63,7 +67,7 @@ DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
+.PHONY: rockspec all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -189,6 +193,13 @@ $(BUILD)/completions/_vpp: $(CORE) lua/vpp/cli.lua
 $(BUILD)/completions/vpp.fish: $(CORE) lua/vpp/cli.lua
 	@mkdir -p $(dir $@)
 	$(LUA) bin/vpp completion fish > $@.tmp && mv $@.tmp $@
+
+# The release rockspec, for the tag vVERSION, from the scm one.
+RELEASE_ROCKSPEC = rockspecs/lua-vpp-$(VERSION)-1.rockspec
+rockspec: $(RELEASE_ROCKSPEC)
+$(RELEASE_ROCKSPEC): rockspecs/lua-vpp-scm-1.rockspec src/vpp.h
+	sed -e 's/^version = "scm-1"/version = "$(VERSION)-1"/' -e 's/^  branch = "main",/  tag = "v$(VERSION)",/' \
+	  -e '/^-- The development rockspec/,/VPP_VERSION\.$$/c\-- Written by `make rockspec` from lua-vpp-scm-1.rockspec: edit that one.' $< > $@
 
 # The command runs on the Lua it was installed for; its man page and
 # completions go beside it.

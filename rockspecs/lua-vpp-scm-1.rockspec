@@ -1,9 +1,12 @@
 rockspec_format = "3.0"
 package = "lua-vpp"
-version = "0.1.0-1"
+-- The development rockspec, building from the repository; `make rockspec`
+-- writes the release one (rockspecs/lua-vpp-VERSION-1.rockspec, for the
+-- tag vVERSION) from this file and src/vpp.h's VPP_VERSION.
+version = "scm-1"
 source = {
   url = "git+https://github.com/lua-vpp/lua-vpp.git",
-  tag = "v0.1.0",
+  branch = "main",
 }
 description = {
   summary = "Microsoft Graph (Intune) Apple VPP token actions for Lua, in C over libcurl",
@@ -13,9 +16,14 @@ description = {
     Graph's JSON. HTTP is done natively with libcurl, with connection reuse,
     TLS verification and structured errors.
   ]],
+  homepage = "https://github.com/lua-vpp/lua-vpp",
+  issues_url = "https://github.com/lua-vpp/lua-vpp/issues",
+  maintainer = "The lua-vpp developers",
   license = "MIT",
   labels = { "intune", "graph", "vpp", "apple", "curl" },
 }
+-- POSIX only (src/platform.c); tested on Debian, written for the BSDs and macOS.
+supported_platforms = { "linux", "macosx", "bsd" }
 dependencies = {
   "lua >= 5.1, < 5.5", -- and LuaJIT 2.1
   "lua-cjson >= 2.1.0",
@@ -59,5 +67,6 @@ build = {
     },
   },
   install = { bin = { vpp = "bin/vpp" } },
+  copy_directories = { "doc", "examples" },
 }
 test = { type = "busted" }
