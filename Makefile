@@ -62,7 +62,7 @@ CORE = $(BUILD)/vpp/core.so
 DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse \
-  lua-cqueues lua-luv lua-yaml python3-prometheus-client bash util-linux
+  lua-cqueues lua-luv lua-yaml python3-prometheus-client bash util-linux tinyproxy
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;

@@ -203,6 +203,14 @@ static int client_config(lua_State *L) {
   lua_setfield(L, -2, "base_url");
   lua_pushstring(L, c->api_version);
   lua_setfield(L, -2, "api_version");
+  if (c->s.proxy) { /* scheme://host:port: never its credentials */
+    lua_pushstring(L, c->s.proxy_shown);
+    lua_setfield(L, -2, "proxy");
+  }
+  if (c->s.proxy_auth_name) {
+    lua_pushstring(L, c->s.proxy_auth_name);
+    lua_setfield(L, -2, "proxy_auth");
+  }
   vpp_auth_push_config(L, &c->auth);
   return 1;
 }

@@ -293,6 +293,7 @@ static void start_fetch(lua_State *L, vpp_client *c) {
   rq.body = tr.form.data;
   rq.body_len = tr.form.len;
   rq.headers = tr.managed ? metadata : NULL;
+  rq.direct = tr.managed; /* the metadata endpoint is this machine's: never a proxy's */
   rc = VPP_PREPARE_NOMEM;
   if (c->fetcher || (c->fetcher = vpp_transfer_new(&c->s, 0))) rc = vpp_transfer_prepare(c->fetcher, &rq);
   vpp_auth_request_free(&tr); /* the transfer has its own copy of the form */

@@ -64,6 +64,14 @@ int vpp_error_push(lua_State *L, const char *kind, long status, const char *code
       lua_pushinteger(L, reply->attempts);
       lua_setfield(L, -2, "attempts");
     }
+    if (reply->proxy[0]) {
+      lua_pushboolean(L, 1);
+      lua_setfield(L, -2, "proxy");
+      if (reply->proxy_status) {
+        lua_pushinteger(L, (lua_Integer)reply->proxy_status);
+        lua_setfield(L, -2, "proxy_status");
+      }
+    }
     /* What the server asked for, so that a caller can come back then. */
     if (reply->retry_after[0] && (reply->status == 429 || reply->status == 503) &&
         vpp_retry_after(reply->retry_after, vpp_epoch(), &wait)) {
@@ -87,6 +95,14 @@ int vpp_error_transport(lua_State *L, const vpp_reply *reply) {
   if (reply->header_too_large)
     return vpp_error_push(L, "transport", 0, VPP_CODE(response_too_large),
                           "a response header line is larger than libcurl accepts (100 KiB)", reply);
+  if (reply->proxy[0]) {
+    /* At the proxy: the message says which (never its credentials). */
+    lua_pushfstring(L, "%s (at the proxy %s)",
+                    reply->curl_message[0] ? reply->curl_message : curl_easy_strerror(reply->curl_code), reply->proxy);
+    vpp_error_push(L, "transport", 0, vpp_curl_code_name(reply->curl_code), lua_tostring(L, -1), reply);
+    lua_remove(L, -3); /* the message */
+    return 2;
+  }
   return vpp_error_push(L, "transport", 0, vpp_curl_code_name(reply->curl_code),
                         reply->curl_message[0] ? reply->curl_message : curl_easy_strerror(reply->curl_code), reply);
 }

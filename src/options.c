@@ -4,6 +4,7 @@
  * table of the module, C's and Lua's (core._check_keys). */
 #include <math.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "vpp.h"
@@ -30,6 +31,8 @@ static const option options[] = {
     {"max_pages", OPT_INTEGER, FIELD(max_pages), 1000, 1, 1000000},
     {"ca_file", OPT_STRING, FIELD(ca_file), 0, 0, 0},
     {"user_agent", OPT_STRING, FIELD(user_agent), 0, 0, 0},
+    {"proxy", OPT_STRING, FIELD(proxy), 0, 0, 0},
+    {"proxy_auth", OPT_STRING, FIELD(proxy_auth_name), 0, 0, 0},
     {"on_request", OPT_FUNCTION, FIELD(traced), 0, 0, 0},
     {"loop", OPT_FUNCTION, FIELD(looped), 0, 0, 0},
     {"base_url", OPT_OWNED, 0, 0, 0, 0},
@@ -202,6 +205,28 @@ static lua_Integer read_integer(lua_State *L, int opts, const option *o) {
   return v;
 }
 
+/* The proxy settings: a URL libcurl takes (its user name and password stay
+ * in it, never in a message: proxy_shown has the scheme, host and port),
+ * and proxy_auth's CURLAUTH_ mask. */
+static void read_proxy(lua_State *L, vpp_settings *s) {
+  static const char *const names[] = {"basic", "ntlm", "negotiate", "any", NULL};
+  static const long masks[] = {CURLAUTH_BASIC, CURLAUTH_NTLM, CURLAUTH_NEGOTIATE, CURLAUTH_ANY};
+  int i;
+  s->proxy_shown[0] = '\0';
+  if (s->proxy) {
+    vpp_origin o;
+    if (!vpp_url_proxy_origin(s->proxy, &o) || strchr(s->proxy, '?') || strchr(s->proxy, '#'))
+      luaL_error(L,
+                 "vpp: opts.proxy must be a proxy URL: http, https, socks4, socks4a, socks5 or socks5h://host[:port]");
+    snprintf(s->proxy_shown, sizeof s->proxy_shown, "%s://%s:%s", o.scheme, o.host, o.port);
+  }
+  s->proxy_auth = 0;
+  if (!s->proxy_auth_name) return;
+  for (i = 0; names[i]; i++)
+    if (strcmp(s->proxy_auth_name, names[i]) == 0) s->proxy_auth = masks[i];
+  if (!s->proxy_auth) luaL_error(L, "vpp: opts.proxy_auth must be basic, ntlm, negotiate or any");
+}
+
 /* Refuses unknown keys, then reads every plain option (defaults for the
  * absent ones); functions are kept in uv under their name. */
 void vpp_options_read(lua_State *L, int opts, int uv, vpp_settings *s) {
@@ -231,6 +256,7 @@ void vpp_options_read(lua_State *L, int opts, int uv, vpp_settings *s) {
       break;
     }
   }
+  read_proxy(L, s);
 }
 
 /* opts.deadline of the table at t (seconds from now): the monotonic time

@@ -160,6 +160,8 @@ vpp_transfer *vpp_transfer_new(const vpp_settings *s, int pipewait) {
   curl_easy_setopt(e, CURLOPT_XFERINFODATA, t);
   curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)s->max_response_bytes);
   if (s->ca_file) curl_easy_setopt(e, CURLOPT_CAINFO, s->ca_file);
+  if (s->proxy) curl_easy_setopt(e, CURLOPT_PROXY, s->proxy);
+  if (s->proxy_auth) curl_easy_setopt(e, CURLOPT_PROXYAUTH, s->proxy_auth);
   return t;
 }
 
@@ -207,6 +209,8 @@ static void reset(vpp_transfer *t) {
   r->too_large = r->header_too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = 0;
   r->watchdog = 0;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = r->client_request_id[0] = r->date[0] = '\0';
+  r->proxy[0] = '\0';
+  r->proxy_status = 0;
   t->active_at = t->started_at = vpp_now();
   t->moved = 0;
 }
@@ -290,6 +294,11 @@ int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq) {
   }
   curl_easy_setopt(t->easy, CURLOPT_HTTPHEADER, t->headers);
   curl_easy_setopt(t->easy, CURLOPT_URL, rq->url);
+  if (rq->direct != t->direct) {
+    /* "" is no proxy, not even one from the environment; NULL is the setting's, or libcurl's rules */
+    curl_easy_setopt(t->easy, CURLOPT_PROXY, rq->direct ? "" : t->settings->proxy);
+    t->direct = rq->direct;
+  }
   r->post = rq->post;
   r->permission = rq->permission;
   if (rq->method || t->custom) {
@@ -303,6 +312,34 @@ int vpp_transfer_prepare(vpp_transfer *t, const vpp_request *rq) {
     curl_easy_setopt(t->easy, CURLOPT_HTTPGET, 1L);
   }
   return VPP_PREPARED;
+}
+
+/* After a failure: when it happened at a proxy, which (reply.proxy) and
+ * what it answered to CONNECT.  A proxy that refused the tunnel, could not
+ * be resolved, or could not be reached; the proxy is the setting's, or the
+ * one libcurl took from the environment for this URL. */
+static void blame_proxy(vpp_transfer *t) {
+  vpp_reply *r = &t->reply;
+  CURLcode rc = r->curl_code;
+  long connect_code = 0;
+  const char *proxy = NULL;
+  char *url = NULL;
+  vpp_origin o;
+  curl_easy_getinfo(t->easy, CURLINFO_HTTP_CONNECTCODE, &connect_code);
+  if (!(connect_code >= 300 || rc == CURLE_COULDNT_RESOLVE_PROXY ||
+#if LIBCURL_VERSION_NUM >= 0x075400
+        rc == CURLE_PROXY ||
+#endif
+        rc == CURLE_COULDNT_CONNECT || r->watchdog == VPP_NOT_CONNECTED))
+    return;
+  if (t->direct) return;
+  if (t->settings->proxy) {
+    snprintf(r->proxy, sizeof r->proxy, "%s", t->settings->proxy_shown);
+  } else if (curl_easy_getinfo(t->easy, CURLINFO_EFFECTIVE_URL, &url) == CURLE_OK && url && vpp_url_origin(url, &o) &&
+             (proxy = vpp_url_env_proxy(&o)) && vpp_url_proxy_origin(proxy, &o)) {
+    snprintf(r->proxy, sizeof r->proxy, "%s://%s:%s", o.scheme, o.host, o.port);
+  }
+  if (r->proxy[0] && connect_code >= 300) r->proxy_status = connect_code;
 }
 
 /* Records how the exchange ended (the handle is off the multi handle). */
@@ -335,6 +372,7 @@ void vpp_transfer_finish(vpp_transfer *t, CURLcode rc) {
   curl_easy_getinfo(t->easy, CURLINFO_RESPONSE_CODE, &t->reply.status);
   curl_easy_getinfo(t->easy, CURLINFO_REQUEST_SIZE, &sent);
   t->reply.sent = sent > 0;
+  if (t->reply.curl_code != CURLE_OK) blame_proxy(t);
 }
 
 /* After a 3xx: 1 when t was re-aimed at a same-origin Location (the caller

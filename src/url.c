@@ -1,6 +1,7 @@
 /* URL pieces: percent-encoding of ids and query values, and the origin
  * (scheme, host, port) used to refuse nextLinks and redirects to other hosts. */
 #include <ctype.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "vpp.h"
@@ -58,26 +59,96 @@ static int copy_lower(char *dst, size_t size, const char *src) {
   return 1;
 }
 
-/* Parses an absolute http(s) URL's origin; 1 on success.  Frees all it takes
+/* The origin of url, guessing http:// for a bare host:port (libcurl's
+ * rule for proxies) when guess is set; 1 on success.  Frees all it takes
  * before returning, and calls no Lua, so it cannot leak. */
-int vpp_url_origin(const char *url, vpp_origin *out) {
+static int parse_origin(const char *url, vpp_origin *out, int guess) {
   CURLU *u = curl_url();
   char *scheme = NULL, *host = NULL, *port = NULL;
   int ok = 0;
   if (!u) return 0;
-  if (curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+  if (curl_url_set(u, CURLUPART_URL, url, guess ? CURLU_GUESS_SCHEME : 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
       curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK) {
     ok = copy_lower(out->scheme, sizeof out->scheme, scheme) && copy_lower(out->host, sizeof out->host, host) &&
-         copy_lower(out->port, sizeof out->port, port) &&
-         (strcmp(out->scheme, "https") == 0 || strcmp(out->scheme, "http") == 0);
+         copy_lower(out->port, sizeof out->port, port);
   }
   curl_free(scheme);
   curl_free(host);
   curl_free(port);
   curl_url_cleanup(u);
   return ok;
+}
+
+/* Parses an absolute http(s) URL's origin; 1 on success. */
+int vpp_url_origin(const char *url, vpp_origin *out) {
+  return parse_origin(url, out, 0) && (strcmp(out->scheme, "https") == 0 || strcmp(out->scheme, "http") == 0);
+}
+
+/* A proxy URL as libcurl takes it (http, https, socks4(a), socks5(h); no
+ * scheme is http): its origin, 1 on success. */
+int vpp_url_proxy_origin(const char *url, vpp_origin *out) {
+  static const char *const schemes[] = {"http", "https", "socks4", "socks4a", "socks5", "socks5h", NULL};
+  const char *const *s;
+  if (!parse_origin(url, out, 1)) return 0;
+  for (s = schemes; *s; s++)
+    if (strcmp(out->scheme, *s) == 0) return 1;
+  return 0;
+}
+
+/* getenv(lower), else getenv(upper) when there is one; non-empty or NULL. */
+static const char *env2(const char *lower, const char *upper) {
+  const char *v = getenv(lower);
+  if ((!v || !*v) && upper) v = getenv(upper);
+  return v && *v ? v : NULL;
+}
+
+static int same_letters(const char *a, const char *b, size_t n) {
+  size_t i;
+  for (i = 0; i < n; i++)
+    if (tolower((unsigned char)a[i]) != tolower((unsigned char)b[i])) return 0;
+  return 1;
+}
+
+/* Whether host is in the no_proxy list as libcurl reads it: "*" alone is
+ * every host; otherwise names separated by commas (or spaces), each
+ * matching itself and its subdomains, a leading dot ignored.  (libcurl
+ * 7.86 and later also take CIDR ranges; they are not matched here.) */
+static int no_proxy_for(const char *host, const char *list) {
+  size_t hn = strlen(host);
+  while (*list) {
+    size_t n;
+    while (*list == ',' || *list == ' ' || *list == '\t') list++;
+    n = strcspn(list, ", \t");
+    if (n == 1 && *list == '*') return 1;
+    if (n > 0 && *list == '.') {
+      list++;
+      n--;
+    }
+    if (n > 0 && n <= hn && same_letters(host + hn - n, list, n) && (n == hn || host[hn - n - 1] == '.')) return 1;
+    list += n;
+  }
+  return 0;
+}
+
+/* The proxy libcurl takes from the environment for target (its rules:
+ * http_proxy in lower case only, https_proxy or HTTPS_PROXY, then
+ * all_proxy or ALL_PROXY; no_proxy or NO_PROXY), or NULL. */
+const char *vpp_url_env_proxy(const vpp_origin *target) {
+  const char *p, *no = env2("no_proxy", "NO_PROXY");
+  char host[256];
+  size_t n = strlen(target->host);
+  /* [::1] is matched without its brackets */
+  if (n >= 2 && target->host[0] == '[' && n - 2 < sizeof host) {
+    memcpy(host, target->host + 1, n - 2);
+    host[n - 2] = '\0';
+  } else {
+    memcpy(host, target->host, n + 1);
+  }
+  if (no && no_proxy_for(host, no)) return NULL;
+  p = strcmp(target->scheme, "https") == 0 ? env2("https_proxy", "HTTPS_PROXY") : env2("http_proxy", NULL);
+  return p ? p : env2("all_proxy", "ALL_PROXY");
 }
 
 /* localhost, 127.0.0.0/8 or ::1: where plain http cannot be overheard. */

@@ -90,6 +90,8 @@ int vpp_url_origin(const char *url, vpp_origin *out);
 int vpp_url_same_origin(const vpp_origin *a, const char *url);
 int vpp_url_loopback(const vpp_origin *o);
 int vpp_url_has_userinfo(const char *url);
+int vpp_url_proxy_origin(const char *url, vpp_origin *out);
+const char *vpp_url_env_proxy(const vpp_origin *target);
 size_t vpp_url_path_at(const char *url);
 
 /* Token buckets for the proactive rate limit. */
@@ -140,6 +142,8 @@ typedef struct vpp_reply {
   char request_id[128];       /* Graph's request-id response header */
   char client_request_id[40]; /* the UUID we sent */
   char date[40];              /* the Date header: Graph's clock */
+  char proxy[300];            /* the proxy it failed at (scheme://host:port), or "" */
+  long proxy_status;          /* the proxy's answer to CONNECT, when it refused */
   char curl_message[CURL_ERROR_SIZE];
   vpp_buf body;
 } vpp_reply;
@@ -170,6 +174,10 @@ typedef struct vpp_settings {
   lua_Integer max_response_bytes, max_retries, max_pages;
   const char *ca_file, *user_agent; /* anchored in the user value table */
   const char *user_agent_line;      /* "User-Agent: ...", likewise */
+  const char *proxy;                /* the proxy setting (NULL: libcurl's environment rules) */
+  const char *proxy_auth_name;      /* "basic", "ntlm", "negotiate", "any" */
+  long proxy_auth;                  /* its CURLAUTH_ mask (0: libcurl's default, Basic) */
+  char proxy_shown[300];            /* the proxy as messages name it: scheme://host:port */
   int traced;                       /* has an on_request function */
   int looped;                       /* has a loop function */
 } vpp_settings;
@@ -200,6 +208,7 @@ typedef struct vpp_request {
   size_t bearer_len;
   const char *const *headers; /* more header lines, NULL-terminated */
   vpp_entropy *request_ids;   /* send a client-request-id drawn from it */
+  int direct;                 /* never through a proxy: the identity endpoints on this machine */
 } vpp_request;
 
 enum { VPP_PREPARED, VPP_PREPARE_NOMEM, VPP_PREPARE_BAD_TOKEN, VPP_PREPARE_NO_RANDOM };
@@ -218,6 +227,7 @@ typedef struct vpp_transfer {
   double active_at;         /* when a byte last moved */
   curl_off_t moved;         /* bytes down and up by then */
   const vpp_origin *origin; /* redirects stay within it */
+  int direct;               /* CURLOPT_PROXY is "": no proxy at all */
   vpp_reply reply;
 } vpp_transfer;
 

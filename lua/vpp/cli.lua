@@ -83,6 +83,12 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
     :convert(number_arg("--max-retries", { integer = true, min = 0, max = 100, what = "an integer from 0 to 100" }))
     :argname("N")
   p:option("--ca-file", "A PEM file of extra CAs to trust."):argname("FILE")
+  p:option("--proxy", "The proxy for Graph and the identity platform (default $VPP_PROXY; else libcurl's"
+    .. " https_proxy, ALL_PROXY, NO_PROXY). No password here: others can read a command line;"
+    .. " put user:password@ in VPP_PROXY.")
+    :argname("URL")
+  p:option("--proxy-auth", "How to authenticate to the proxy.")
+    :choices { "basic", "ntlm", "negotiate", "any" }:argname("METHOD")
   p:option("--tenants", "A tenants file (YAML): list, sync --all, check and get run across the fleet"
     .. " (default $VPP_TENANTS).")
     :argname("FILE")
@@ -284,7 +290,7 @@ end
 
 -- vpp.new's messages name settings; the user gave flags.
 local flag_of = { base_url = "--graph-url", api_version = "--api-version", timeout = "--timeout",
-  ca_file = "--ca-file", cloud = "--cloud" }
+  ca_file = "--ca-file", cloud = "--cloud", proxy = "--proxy (or VPP_PROXY)", proxy_auth = "--proxy-auth" }
 
 --- The client, or nil, message, exit kind ("credentials" or "settings").
 --- The settings the flags give (no credential).
@@ -292,8 +298,11 @@ function Run:flag_settings()
   local a = self.args
   local graph_url = a.graph_url
   if graph_url == nil and os.getenv("GRAPH_URL") ~= "" then graph_url = os.getenv("GRAPH_URL") end
+  local proxy = a.proxy
+  if proxy == nil and (os.getenv("VPP_PROXY") or "") ~= "" then proxy = os.getenv("VPP_PROXY") end
   return { base_url = graph_url, api_version = a.api_version, cloud = a.cloud, timeout = a.timeout,
-    ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil }
+    ca_file = a.ca_file, max_retries = a.max_retries, on_request = a.verbose and trace or nil,
+    proxy = proxy, proxy_auth = a.proxy_auth }
 end
 
 local function settings_message(err)
@@ -1134,6 +1143,11 @@ local function run(args, ctx)
   local usage = (subcommands[name] or parser):get_usage()
   if not ok then
     output.err(usage, "\n\nvpp: ", parsed, "\n")
+    return usage_exit(name)
+  end
+  if parsed.proxy and parsed.proxy:match("^[^/]*//[^/@]*:[^/@]*@") then
+    output.err(usage, "\n\nvpp: --proxy must not hold a password (others can read a command line):"
+      .. " put the URL in VPP_PROXY\n")
     return usage_exit(name)
   end
   if name == "help" then

@@ -11,7 +11,7 @@ local M = {}
 -- What a tenant (or the defaults) may set: client settings, the credential
 -- by reference, labels.  A tenant adds its name and tenant id.
 local SETTINGS = { "client_id", "cloud", "authority", "base_url", "api_version", "rate_limit", "timeout",
-  "connect_timeout", "max_retries", "ca_file", "labels",
+  "connect_timeout", "max_retries", "ca_file", "proxy", "proxy_auth", "labels",
   "client_secret", "client_secret_env", "client_secret_file", "client_certificate", "client_key",
   "client_key_password_env", "managed_identity", "imds_url", "access_token_env" }
 local CREDENTIALS = { "client_secret", "client_secret_env", "client_secret_file", "client_certificate",
