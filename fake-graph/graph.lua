@@ -627,12 +627,47 @@ end
 
 -- Checks the JWT client assertion's header and claims (its signature is
 -- checked by the spec, with openssl): nil when fine, else a description.
+-- A workload identity's assertion: the platform's token (Kubernetes, a CI
+-- runner) for the app's federated credential { issuer, subject }, audience
+-- api://AzureADTokenExchange (Entra's default; learn.microsoft.com
+-- entra/workload-id/workload-identity-federation).  The signature, the
+-- issuer's to check, is not.  Returns the AADSTS code and the problem.
+local function federated_problem(header, claims, a)
+  local f = a.federated
+  if not f then return 700027, "the app has no federated credential" end
+  if header["x5t#S256"] then return 700027, "a certificate's assertion, for an app with a federated credential" end
+  if claims.iss ~= f.issuer then
+    return 700211, "No matching federated identity record found for presented assertion issuer '" .. tostring(claims.iss) .. "'."
+  end
+  if claims.sub ~= f.subject then
+    return 700213, "No matching federated identity record found for presented assertion subject '" .. tostring(claims.sub) .. "'."
+  end
+  if claims.aud ~= "api://AzureADTokenExchange" then
+    return 700212, "No matching federated identity record found for presented assertion audience."
+  end
+  if type(claims.exp) ~= "number" or claims.exp < ngx.time() then
+    return 700024, "Client assertion is not within its valid time range."
+  end
+end
+
 local function assertion_problem(jwt, a, audience)
   local h, p = jwt:match("^([%w_-]+)%.([%w_-]+)%.[%w_-]+$")
   if not h then return "the assertion is not a signed JWT" end
   local header, claims = cjson.decode(b64url_decode(h) or ""), cjson.decode(b64url_decode(p) or "")
   if type(header) ~= "table" or type(claims) ~= "table" then return "the assertion is not JSON" end
+  if a.federated then
+    local code, problem = federated_problem(header, claims, a)
+    return problem, code
+  end
   if header.alg ~= "PS256" then return "alg must be PS256" end
+  -- Subject name/issuer authentication: the certificate itself, and its
+  -- chain, in x5c (standard base64 DER; RFC 7515 4.1.6).
+  if a.x5c then
+    if type(header.x5c) ~= "table" or header.x5c[1] ~= a.x5c then return "x5c must carry the certificate" end
+    if a.x5c_chain and #header.x5c ~= a.x5c_chain then return "x5c must carry the chain" end
+  elseif header.x5c ~= nil then
+    return "x5c is sent only for subject name/issuer authentication"
+  end
   if type(header["x5t#S256"]) ~= "string" then return "x5t#S256 is missing" end
   if a.thumbprint and header["x5t#S256"] ~= a.thumbprint then return "unknown certificate" end
   if claims.aud ~= audience then return "aud must be the token endpoint: " .. audience end
@@ -677,7 +712,8 @@ local function token_endpoint(method, tenant_id, query_path)
     end
   elseif form.client_assertion_type == "urn:ietf:params:oauth:client-assertion-type:jwt-bearer" then
     local audience = ("%s://%s%s"):format(ngx.var.scheme, ngx.var.http_host, query_path)
-    local problem = assertion_problem(form.client_assertion or "", a, audience)
+    local problem, code = assertion_problem(form.client_assertion or "", a, audience)
+    if problem and code then return identity_error(400, "invalid_client", code, problem) end
     if problem then return identity_error(401, "invalid_client", 700027, "Client assertion failed: " .. problem) end
   else
     return identity_error(401, "invalid_client", 7000218, "The request body must contain client_secret or client_assertion.")
@@ -704,6 +740,79 @@ local function imds(query)
   end
   local lifetime = a.lifetime or 3599
   -- IMDS sends the numbers as strings.
+  return send(200, cjson.encode({ access_token = issue(lifetime), expires_in = tostring(lifetime),
+    expires_on = tostring(ngx.time() + lifetime), resource = args.resource, token_type = "Bearer" }))
+end
+
+-- App Service and Functions (learn.microsoft.com app-service
+-- overview-managed-identity, "REST endpoint reference"): GET
+-- IDENTITY_ENDPOINT?api-version=2019-08-01&resource=...[&client_id=...]
+-- with X-IDENTITY-HEADER: IDENTITY_HEADER; the answer carries expires_on
+-- (seconds since the epoch, a string) and no expires_in.  Its errors are
+-- not documented; the fake answers { error = { code, message } }.
+local function app_service(query)
+  dict:incr("stat:token_requests", 1, 0)
+  local args, h = query_args(query), ngx.req.get_headers()
+  dict:rpush("tokenlog", cjson.encode({ kind = "app_service", at = now(), args = args,
+    has_identity_header = h["x-identity-header"] ~= nil, metadata = h["metadata"] }))
+  scripted("@app_service")
+  local a = app()
+  if not a.identity_header or h["x-identity-header"] ~= a.identity_header then
+    return send(401, cjson.encode({ error = { code = "UnauthorizedRequest",
+      message = "The X-IDENTITY-HEADER is missing or wrong." } }))
+  end
+  if args["api-version"] ~= "2019-08-01" or not args.resource then
+    return send(400, cjson.encode({ error = { code = "BadRequest",
+      message = "api-version 2019-08-01 and resource are required." } }))
+  end
+  if args.client_id and args.client_id ~= (a.mi_client_id or args.client_id) then
+    return send(400, cjson.encode({ error = { code = "BadRequest", message = "Identity not found." } }))
+  end
+  local lifetime = a.lifetime or 3599
+  return send(200, cjson.encode({ access_token = issue(lifetime), expires_on = tostring(ngx.time() + lifetime),
+    resource = args.resource, token_type = "Bearer", client_id = args.client_id or "system-assigned" }))
+end
+
+-- Azure Arc-enabled servers (learn.microsoft.com azure-arc/servers
+-- managed-identity-authentication): GET IDENTITY_ENDPOINT?api-version=
+-- 2020-06-01&resource=... with Metadata: true answers 401 with
+-- WWW-Authenticate: Basic realm=<a new key file in the agent's token
+-- directory>; the same request with Authorization: Basic <its content>
+-- gets the token (IMDS's answer).  arc_realm overrides the realm (specs of
+-- a bad challenge); arc_key_bytes the key's size.
+local function arc(query)
+  dict:incr("stat:token_requests", 1, 0)
+  local args, h = query_args(query), ngx.req.get_headers()
+  local auth = h["authorization"]
+  dict:rpush("tokenlog", cjson.encode({ kind = "arc", at = now(), args = args, metadata = h["metadata"],
+    basic = auth ~= nil }))
+  scripted("@arc")
+  local a = app()
+  if h["metadata"] ~= "true" then
+    return send(400, cjson.encode({ error = "invalid_request", error_description = "Required metadata header not specified" }))
+  end
+  if args["api-version"] ~= "2020-06-01" or not args.resource then
+    return send(400, cjson.encode({ error = "invalid_request", error_description = "Required query variable missing" }))
+  end
+  if not auth then
+    local name = ("%s.key"):format(uuid())
+    local path = (a.arc_key_dir or "/var/opt/azcmagent/tokens") .. "/" .. name
+    local secret = ngx.encode_base64(uuid() .. uuid()):sub(1, a.arc_key_bytes or 44)
+    local f = io.open(path, "wb")
+    if f then
+      f:write(secret)
+      f:close()
+      dict:set("arckey:" .. secret, true, 60)
+    end
+    ngx.header["WWW-Authenticate"] = "Basic realm=" .. (a.arc_realm or path)
+    return send(401, cjson.encode({ error = "unauthorized_client", error_description = "Use the key file in the realm." }))
+  end
+  local secret = auth:match("^Basic (.+)$")
+  if not secret or not dict:get("arckey:" .. secret) then
+    return send(401, cjson.encode({ error = "invalid_client", error_description = "The key is not valid." }))
+  end
+  dict:delete("arckey:" .. secret)
+  local lifetime = a.lifetime or 3599
   return send(200, cjson.encode({ access_token = issue(lifetime), expires_in = tostring(lifetime),
     expires_on = tostring(ngx.time() + lifetime), resource = args.resource, token_type = "Bearer" }))
 end
@@ -889,6 +998,8 @@ function M.handle()
     return token_endpoint(method, tenant_id, path)
   end
   if path:match("/metadata/identity/oauth2/token$") then return imds(query) end
+  if path:match("/msi/token$") then return app_service(query) end
+  if path:match("/arc/token$") then return arc(query) end
 
   -- Whose data: the tenant the bearer token was issued for.
   local bearer = (ngx.var.http_authorization or ""):match("^Bearer (%S+)$")

@@ -249,7 +249,8 @@ describe("authentication", function()
       assert.is_nil(ok)
       assert.equal("auth", err.kind)
       assert.equal("invalid_request", err.code)
-      assert.equal("Identity not found", err.message)
+      -- Which credential was tried, then the endpoint's reason.
+      assert.equal("managed identity (Azure VM instance metadata): Identity not found", err.message)
       assert.equal(400, err.status)
     end)
   end)
@@ -294,11 +295,11 @@ describe("authentication", function()
       assert.equal("auth", err.kind)
       assert.equal(401, err.status)
       assert.equal("invalid_client", err.code)
-      assert.matches("^AADSTS7000215: Invalid client secret provided%.", err.message)
+      assert.matches("^client secret: AADSTS7000215: Invalid client secret provided%.", err.message)
       assert.same({ 7000215 }, err.aad_codes)
       assert.matches("^%x+%-", err.trace_id)
       assert.matches("^%x+%-", err.correlation_id)
-      assert.matches("^vpp: auth 401 invalid_client: AADSTS7000215", tostring(err))
+      assert.matches("^vpp: auth 401 invalid_client: client secret: AADSTS7000215", tostring(err))
       assert.same({}, fx.server:log()) -- Graph was not called
     end)
 
@@ -400,7 +401,8 @@ describe("authentication", function()
   describe("settings", function()
     it("raise for conflicting or incomplete credentials", function()
       assert.has_error(function() vpp.new { access_token = "t", client_secret = "s", tenant_id = "t", client_id = "c" } end,
-        "vpp: choose one credential: access_token, client_secret, client_certificate or managed_identity")
+        "vpp: choose one credential: access_token, client_secret, client_certificate, client_assertion_file or "
+          .. "managed_identity")
       assert.has_error(function() vpp.new { client_secret = "s", client_id = "c" } end,
         "vpp: opts.client_secret needs opts.tenant_id and opts.client_id")
       assert.has_error(function() vpp.new { access_token = "t", client_key = "k.pem" } end,
@@ -408,9 +410,9 @@ describe("authentication", function()
       assert.has_error(function() vpp.new { access_token = "t", imds_url = "http://x" } end,
         "vpp: opts.imds_url goes with opts.managed_identity")
       assert.has_error(function() vpp.new { managed_identity = "yes" } end,
-        "vpp: opts.managed_identity must be true or { client_id = ... }")
+        "vpp: opts.managed_identity must be true or { client_id = ..., source = ... }")
       assert.has_error(function() vpp.new { managed_identity = { id = "x" } } end,
-        "vpp: unknown managed_identity key 'id' (expected client_id)")
+        "vpp: unknown managed_identity key 'id' (expected client_id, source, endpoint, identity_header or arc_key_dir)")
       assert.has_error(function() vpp.new { access_token = "t", cloud = "mars" } end,
         'vpp: opts.cloud must be "global", "usgov", "dod" or "china"')
     end)

@@ -106,7 +106,7 @@ describe("token requests on the engine", function()
     local _, err = c:get_token("a")
     c:close()
     assert.matches("\r\nTrace ID: ", err.message)
-    assert.matches("^vpp: auth 401 invalid_client: AADSTS7000215: Invalid client secret provided%. Trace ID: ",
+    assert.matches("^vpp: auth 401 invalid_client: client secret: AADSTS7000215: Invalid client secret provided%. Trace ID: ",
       tostring(err))
     assert.is_nil(tostring(err):find("%c"))
   end)

@@ -4,6 +4,7 @@
  * identity); fetched tokens are kept in C memory, wiped when dropped, and
  * reused until shortly before they expire.  This file describes a token
  * request and reads its answer; the engine sends it. */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -25,11 +26,24 @@ static const cloud clouds[] = {
 #undef CLOUD_ENTRY
 };
 
-#define DEFAULT_IMDS_URL "http://169.254.169.254/metadata/identity/oauth2/token"
-#define REFRESH_MARGIN   300.0 /* seconds before expiry */
+#define DEFAULT_IMDS_URL    "http://169.254.169.254/metadata/identity/oauth2/token"
+#define DEFAULT_ARC_KEY_DIR "/var/opt/azcmagent/tokens" /* the Arc agent's, on Linux */
+#define REFRESH_MARGIN      300.0                       /* seconds before expiry */
+#define MAX_ASSERTION_BYTES 65536                       /* a federated token file */
+#define MAX_ARC_KEY_BYTES   4096                        /* Azure Identity's limit too */
 
-static const char *const cred_names[] = {"access_token", "access_token function", "client_secret", "client_certificate",
-                                         "managed_identity"};
+static const char *const cred_names[] = {"access_token",       "access_token function", "client_secret",
+                                         "client_certificate", "managed_identity",      "client_assertion_file"};
+static const char *const mi_sources[] = {"imds", "app_service", "arc"};
+
+/* What a failure names as the credential tried: each message starts with it. */
+static const char *label(const vpp_auth *a) {
+  static const char *const kinds[] = {"access token",       "access_token function", "client secret",
+                                      "client certificate", "managed identity",      "workload identity"};
+  static const char *const sources[] = {"managed identity (Azure VM instance metadata)",
+                                        "managed identity (App Service)", "managed identity (Azure Arc)"};
+  return a->kind == VPP_CRED_MANAGED ? sources[a->mi_source] : kinds[a->kind];
+}
 
 /* ---- settings ---------------------------------------------------------- */
 
@@ -41,19 +55,55 @@ static const cloud *find_cloud(lua_State *L, const char *name) {
   return NULL;
 }
 
+/* managed_identity = true, or { client_id, source = "imds" | "app_service" |
+ * "arc", endpoint (App Service, Arc: IDENTITY_ENDPOINT), identity_header
+ * (App Service: IDENTITY_HEADER, a secret), arc_key_dir }. */
 static void read_managed_identity(lua_State *L, int opts, int uv, vpp_auth *a) {
+  a->mi_source = VPP_MI_IMDS;
   lua_getfield(L, opts, "managed_identity");
   if (lua_istable(L, -1)) {
-    static const char *const keys[] = {"client_id", NULL};
-    int mi = lua_gettop(L);
-    vpp_check_keys(L, mi, keys, "managed_identity key", " (expected client_id)");
+    static const char *const keys[] = {"client_id", "source", "endpoint", "identity_header", "arc_key_dir", NULL};
+    int mi = lua_gettop(L), i;
+    const char *source;
+    vpp_check_keys(L, mi, keys, "managed_identity key",
+                   " (expected client_id, source, endpoint, identity_header or arc_key_dir)");
     a->client_id = vpp_string_option(L, mi, uv, "client_id", 0);
+    lua_getfield(L, mi, "source");
+    source = lua_tostring(L, -1);
+    if (!lua_isnil(L, -1)) {
+      for (i = 0; i < 3 && (!source || strcmp(source, mi_sources[i]) != 0); i++) {
+      }
+      if (i == 3 || lua_type(L, -1) != LUA_TSTRING)
+        luaL_error(L, "vpp: opts.managed_identity.source must be \"imds\", \"app_service\" or \"arc\"");
+      a->mi_source = (vpp_mi_source)i;
+    }
+    lua_pop(L, 1);
+    if (a->mi_source != VPP_MI_IMDS) {
+      if (!vpp_string_option(L, mi, uv, "endpoint", 1))
+        luaL_error(L, "vpp: opts.managed_identity.endpoint is needed for source \"app_service\" or \"arc\""
+                      " (IDENTITY_ENDPOINT)");
+      a->mi_endpoint = vpp_url_option(L, uv, "endpoint", VPP_URL_METADATA);
+    } else if (vpp_option_present(L, mi, "endpoint")) {
+      luaL_error(L, "vpp: opts.managed_identity.endpoint goes with source \"app_service\" or \"arc\" (the "
+                    "instance metadata endpoint is opts.imds_url)");
+    }
+    a->mi_header = vpp_string_option(L, mi, uv, "identity_header", 1);
+    if ((a->mi_source == VPP_MI_APP_SERVICE) != (a->mi_header != NULL))
+      luaL_error(L, "vpp: opts.managed_identity.identity_header goes with source \"app_service\", and it needs one");
+    a->arc_key_dir = vpp_string_option(L, mi, uv, "arc_key_dir", 0);
+    if (a->arc_key_dir && a->mi_source != VPP_MI_ARC)
+      luaL_error(L, "vpp: opts.managed_identity.arc_key_dir goes with source \"arc\"");
+    if (!a->arc_key_dir) a->arc_key_dir = DEFAULT_ARC_KEY_DIR;
+    if (a->mi_source == VPP_MI_ARC && a->client_id)
+      luaL_error(L, "vpp: Azure Arc has only the system-assigned identity: no managed_identity.client_id there");
   } else if (!lua_isboolean(L, -1)) {
-    luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ... }");
+    luaL_error(L, "vpp: opts.managed_identity must be true or { client_id = ..., source = ... }");
   }
   lua_pop(L, 1);
   a->imds_url = vpp_string_option(L, opts, uv, "imds_url", 1) ? vpp_url_option(L, uv, "imds_url", VPP_URL_METADATA)
                                                               : DEFAULT_IMDS_URL;
+  if (a->mi_source != VPP_MI_IMDS && vpp_option_present(L, opts, "imds_url"))
+    luaL_error(L, "vpp: opts.imds_url goes with the instance metadata endpoint (source \"imds\")");
 }
 
 /* Reads the credential and cloud settings; picks the default base URL. */
@@ -61,10 +111,12 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
   const cloud *cl;
   const char *name;
   int n = vpp_option_present(L, opts, "access_token") + vpp_option_present(L, opts, "client_secret") +
-          vpp_option_present(L, opts, "client_certificate") + vpp_option_present(L, opts, "managed_identity");
+          vpp_option_present(L, opts, "client_certificate") + vpp_option_present(L, opts, "managed_identity") +
+          vpp_option_present(L, opts, "client_assertion_file");
   memset(a, 0, sizeof *a);
   if (n > 1)
-    luaL_error(L, "vpp: choose one credential: access_token, client_secret, client_certificate or managed_identity");
+    luaL_error(L, "vpp: choose one credential: access_token, client_secret, client_certificate, "
+                  "client_assertion_file or managed_identity");
   name = vpp_string_option(L, opts, uv, "cloud", 0);
   cl = find_cloud(L, name ? name : "global");
   a->cloud = cl->name;
@@ -77,14 +129,18 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
     lua_pushfstring(L, "%s/.default", cl->graph);
     a->scope = vpp_anchor(L, uv, "scope");
   }
-  if (vpp_option_present(L, opts, "client_secret") || vpp_option_present(L, opts, "client_certificate")) {
-    a->kind = vpp_option_present(L, opts, "client_secret") ? VPP_CRED_SECRET : VPP_CRED_CERTIFICATE;
+  if (vpp_option_present(L, opts, "client_secret") || vpp_option_present(L, opts, "client_certificate") ||
+      vpp_option_present(L, opts, "client_assertion_file")) {
+    a->kind = vpp_option_present(L, opts, "client_secret")        ? VPP_CRED_SECRET
+              : vpp_option_present(L, opts, "client_certificate") ? VPP_CRED_CERTIFICATE
+                                                                  : VPP_CRED_FEDERATED;
     a->tenant_id = vpp_string_option(L, opts, uv, "tenant_id", 0);
     a->client_id = vpp_string_option(L, opts, uv, "client_id", 0);
     if (!a->tenant_id || !a->client_id)
       luaL_error(L, "vpp: opts.%s needs opts.tenant_id and opts.client_id", cred_names[a->kind]);
     a->client_secret = vpp_string_option(L, opts, uv, "client_secret", 0);
     a->cert_path = vpp_string_option(L, opts, uv, "client_certificate", 0);
+    a->assertion_path = vpp_string_option(L, opts, uv, "client_assertion_file", 0);
   } else if (vpp_option_present(L, opts, "managed_identity")) {
     a->kind = VPP_CRED_MANAGED;
     read_managed_identity(L, opts, uv, a);
@@ -118,6 +174,14 @@ void vpp_auth_read(lua_State *L, int opts, int uv, vpp_auth *a, const char **bas
     luaL_error(L, "vpp: opts.client_key and opts.client_key_password go with opts.client_certificate");
   a->key_path = vpp_string_option(L, opts, uv, "client_key", 0);
   a->key_password = vpp_string_option(L, opts, uv, "client_key_password", 0);
+  if (vpp_option_present(L, opts, "send_certificate_chain")) {
+    lua_getfield(L, opts, "send_certificate_chain");
+    if (!lua_isboolean(L, -1)) luaL_error(L, "vpp: opts.send_certificate_chain must be a boolean");
+    lua_pop(L, 1);
+    if (a->kind != VPP_CRED_CERTIFICATE)
+      luaL_error(L, "vpp: opts.send_certificate_chain goes with opts.client_certificate");
+    a->send_chain = 1;
+  }
   if (a->kind != VPP_CRED_MANAGED && vpp_option_present(L, opts, "imds_url"))
     luaL_error(L, "vpp: opts.imds_url goes with opts.managed_identity");
 }
@@ -151,7 +215,16 @@ void vpp_auth_push_config(lua_State *L, const vpp_auth *a) {
   set_field(L, "credential", cred_names[a->kind]);
   set_field(L, "tenant_id", a->tenant_id);
   set_field(L, "client_id", a->client_id);
-  if (a->kind == VPP_CRED_MANAGED) set_field(L, "imds_url", a->imds_url);
+  if (a->kind == VPP_CRED_MANAGED) {
+    set_field(L, "managed_identity_source", mi_sources[a->mi_source]);
+    set_field(L, a->mi_source == VPP_MI_IMDS ? "imds_url" : "identity_endpoint",
+              a->mi_source == VPP_MI_IMDS ? a->imds_url : a->mi_endpoint);
+  }
+  if (a->kind == VPP_CRED_FEDERATED) set_field(L, "client_assertion_file", a->assertion_path);
+  if (a->send_chain) {
+    lua_pushboolean(L, 1);
+    lua_setfield(L, -2, "send_certificate_chain");
+  }
 }
 
 /* ---- the cache --------------------------------------------------------- */
@@ -166,7 +239,19 @@ static void wipe_token(vpp_auth *a) {
   a->refresh_at = 0;
 }
 
-void vpp_auth_release(vpp_auth *a) { wipe_token(a); }
+static void wipe_arc_secret(vpp_auth *a) {
+  if (a->arc_secret) {
+    vpp_wipe(a->arc_secret, a->arc_secret_len);
+    free(a->arc_secret);
+  }
+  a->arc_secret = NULL;
+  a->arc_secret_len = 0;
+}
+
+void vpp_auth_release(vpp_auth *a) {
+  wipe_token(a);
+  wipe_arc_secret(a);
+}
 
 int vpp_auth_refreshable(const vpp_auth *a) { return a->kind != VPP_CRED_STATIC; }
 
@@ -196,8 +281,12 @@ static int keep(vpp_auth *a, const char *token, size_t len, double lifetime) {
   return 1;
 }
 
-static int auth_error(lua_State *L, const char *code, const char *message, long status) {
-  return vpp_error_push(L, "auth", status, code, message, NULL);
+/* nil, err of kind auth; the message names the credential tried. */
+static int auth_error(lua_State *L, const vpp_auth *a, const char *code, const char *message, long status) {
+  lua_pushfstring(L, "%s: %s", label(a), message);
+  vpp_error_push(L, "auth", status, code, lua_tostring(L, -1), NULL);
+  lua_remove(L, -3);
+  return 2;
 }
 
 /* ---- token requests ---------------------------------------------------- */
@@ -215,6 +304,54 @@ static int add_encoded(vpp_buf *b, const char *s) {
 void vpp_auth_request_free(vpp_token_request *rq) {
   vpp_buf_free(&rq->url);
   vpp_buf_wipe(&rq->form);
+  vpp_buf_wipe(&rq->header[0]);
+  vpp_buf_wipe(&rq->header[1]);
+}
+
+/* A header line "name: value" (NUL-terminated) into b. */
+static int header_line(vpp_buf *b, const char *name, const char *value, size_t len) {
+  return vpp_buf_add(b, name) && vpp_buf_add(b, ": ") && vpp_buf_append(b, value, len) && vpp_buf_append(b, "", 1);
+}
+
+/* The federated token file's content, trimmed, into out (wiped by the
+ * caller): re-read at each fetch, since the platform renews it.  1, or 0
+ * with e filled. */
+static int read_assertion(const char *path, vpp_buf *out, vpp_jwt_error *e) {
+  FILE *f = fopen(path, "rb");
+  char chunk[4096];
+  size_t n, start = 0;
+  if (!f) {
+    e->code = VPP_CODE(assertion_unreadable);
+    snprintf(e->message, sizeof e->message, "cannot read the federated token file");
+    return 0;
+  }
+  while ((n = fread(chunk, 1, sizeof chunk, f)) > 0) {
+    if (out->len + n > MAX_ASSERTION_BYTES || !vpp_buf_append(out, chunk, n)) {
+      vpp_wipe(chunk, sizeof chunk);
+      fclose(f);
+      e->code = VPP_CODE(assertion_unreadable);
+      snprintf(e->message, sizeof e->message, "the federated token file is over 64 KiB");
+      return 0;
+    }
+  }
+  vpp_wipe(chunk, sizeof chunk);
+  fclose(f);
+  while (start < out->len &&
+         (out->data[start] == ' ' || out->data[start] == '\n' || out->data[start] == '\r' || out->data[start] == '\t'))
+    start++;
+  while (out->len > start && (out->data[out->len - 1] == ' ' || out->data[out->len - 1] == '\n' ||
+                              out->data[out->len - 1] == '\r' || out->data[out->len - 1] == '\t'))
+    out->len--;
+  if (out->len == start) {
+    e->code = VPP_CODE(assertion_unreadable);
+    snprintf(e->message, sizeof e->message, "the federated token file is empty");
+    return 0;
+  }
+  if (start) {
+    memmove(out->data, out->data + start, out->len - start);
+    out->len -= start;
+  }
+  return 1;
 }
 
 /* The token endpoint URL and form, or the IMDS URL: 1, or 0 with e set
@@ -226,16 +363,31 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
   e->code = VPP_CODE(out_of_memory);
   snprintf(e->message, sizeof e->message, "not enough memory for the token request");
   if (a->kind == VPP_CRED_MANAGED) {
+    static const char *const versions[] = {"2018-02-01", "2019-08-01", "2020-06-01"};
+    const char *base = a->mi_source == VPP_MI_IMDS ? a->imds_url : a->mi_endpoint;
     size_t n = strlen(a->scope);
     char *resource = malloc(n + 1);
     if (!resource) return 0;
     memcpy(resource, a->scope, n + 1);
     if (n > 9 && strcmp(resource + n - 9, "/.default") == 0) resource[n - 9] = '\0';
-    ok = vpp_buf_add(url, a->imds_url) && vpp_buf_add(url, strchr(a->imds_url, '?') ? "&" : "?") &&
-         vpp_buf_add(url, "api-version=2018-02-01&resource=") && add_encoded(url, resource) &&
+    ok = vpp_buf_add(url, base) && vpp_buf_add(url, strchr(base, '?') ? "&" : "?") &&
+         vpp_buf_add(url, "api-version=") && vpp_buf_add(url, versions[a->mi_source]) &&
+         vpp_buf_add(url, "&resource=") && add_encoded(url, resource) &&
          (!a->client_id || (vpp_buf_add(url, "&client_id=") && add_encoded(url, a->client_id))) &&
          vpp_buf_append(url, "", 1);
     free(resource);
+    /* App Service proves the caller with IDENTITY_HEADER; IMDS and Arc want
+     * Metadata: true, and Arc, after its challenge, the key file's content. */
+    if (a->mi_source == VPP_MI_APP_SERVICE)
+      ok = ok && header_line(&rq->header[0], "X-IDENTITY-HEADER", a->mi_header, strlen(a->mi_header));
+    else
+      ok = ok && header_line(&rq->header[0], "Metadata", "true", 4);
+    if (a->mi_source == VPP_MI_ARC && a->arc_secret) {
+      vpp_buf basic = {0};
+      ok = ok && vpp_buf_add(&basic, "Basic ") && vpp_buf_append(&basic, a->arc_secret, a->arc_secret_len) &&
+           header_line(&rq->header[1], "Authorization", basic.data, basic.len);
+      vpp_buf_wipe(&basic);
+    }
     rq->managed = 1;
     if (!ok) vpp_auth_request_free(rq);
     return ok;
@@ -247,6 +399,18 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
        vpp_buf_add(form, "&scope=") && add_encoded(form, a->scope);
   if (ok && a->kind == VPP_CRED_SECRET) {
     ok = vpp_buf_add(form, "&client_secret=") && add_encoded(form, a->client_secret);
+  } else if (ok && a->kind == VPP_CRED_FEDERATED) {
+    /* The platform's token (Kubernetes, a CI runner) is the assertion. */
+    vpp_buf token = {0};
+    if (!read_assertion(a->assertion_path, &token, e) || !vpp_buf_append(&token, "", 1)) {
+      vpp_buf_wipe(&token);
+      vpp_auth_request_free(rq);
+      return 0;
+    }
+    ok = vpp_buf_add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
+                           "&client_assertion=") &&
+         add_encoded(form, token.data);
+    vpp_buf_wipe(&token);
   } else if (ok) {
     vpp_jwt_params p;
     vpp_buf jwt = {0};
@@ -264,6 +428,7 @@ int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e
     p.client_id = a->client_id;
     p.jti = jti;
     p.now = (long)vpp_epoch();
+    p.send_chain = a->send_chain;
     ok = vpp_jwt_assertion(&p, &jwt, e);
     ok = ok &&
          vpp_buf_add(form, "&client_assertion_type=urn%3Aietf%3Aparams%3Aoauth%3Aclient-assertion-type%3Ajwt-bearer"
@@ -285,16 +450,24 @@ static double number_field(lua_State *L, int t, const char *k) {
 
 /* A failed answer of the identity platform: its error, error_description,
  * error_codes, trace_id and correlation_id. */
-static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
+static int endpoint_error(lua_State *L, const vpp_auth *a, vpp_reply *r, int body) {
   const char *code = NULL, *message = NULL;
   if (body) {
     lua_getfield(L, body, "error");
     code = lua_tostring(L, -1);
     lua_getfield(L, body, "error_description");
     message = lua_tostring(L, -1);
+    if (!message) { /* App Service: { error = { code, message } }, body being the inner table */
+      lua_getfield(L, body, "message");
+      message = lua_tostring(L, -1);
+      if (!code) {
+        lua_getfield(L, body, "code");
+        code = lua_tostring(L, -1);
+      }
+    }
   }
   if (!message) message = lua_pushfstring(L, "HTTP %d from the token endpoint", (int)r->status);
-  vpp_error_push(L, "auth", r->status, code ? code : VPP_CODE(invalid_response), message, NULL);
+  auth_error(L, a, code ? code : VPP_CODE(invalid_response), message, r->status);
   if (body) {
     static const char *const copied[][2] = {
         {"error_codes", "aad_codes"}, {"trace_id", "trace_id"}, {"correlation_id", "correlation_id"}};
@@ -307,21 +480,77 @@ static int endpoint_error(lua_State *L, vpp_reply *r, int body) {
   return 2;
 }
 
-/* Reads the token request's answer into the cache: 1; or 0 with nil, err
- * pushed. */
+/* Azure Arc's first answer: 401 and WWW-Authenticate: Basic realm=<the key
+ * file>.  Keeps the file's content for the next request: 1; or 0 with nil,
+ * err pushed. */
+static int take_arc_challenge(lua_State *L, vpp_auth *a, const vpp_reply *r) {
+  static const char *const why[] = {"", "the challenge names a key file outside %s",
+                                    "the challenge names a file that is not a .key file (in %s)",
+                                    "the challenge names a key file larger than 4 KiB (in %s)",
+                                    "the challenge names a key file that cannot be read (in %s)"};
+  char path[sizeof r->challenge], buf[MAX_ARC_KEY_BYTES];
+  const char *realm = NULL;
+  size_t len = 0, n;
+  int rc;
+  if (strncmp(r->challenge, "Basic realm=", 12) == 0) realm = r->challenge + 12;
+  if (!realm || !*realm) {
+    auth_error(L, a, VPP_CODE(arc_challenge), "the endpoint answered 401 without a Basic realm naming its key file",
+               r->status);
+    return 0;
+  }
+  n = strlen(realm);
+  if (n >= 2 && realm[0] == '"' && realm[n - 1] == '"') {
+    realm++;
+    n -= 2;
+  }
+  memcpy(path, realm, n);
+  path[n] = '\0';
+  rc = vpp_read_key_file(a->arc_key_dir, path, buf, sizeof buf, &len);
+  if (rc != VPP_KEY_OK) {
+    lua_pushfstring(L, why[rc], a->arc_key_dir);
+    auth_error(L, a, VPP_CODE(arc_challenge), lua_tostring(L, -1), r->status);
+    lua_remove(L, -3);
+    return 0;
+  }
+  wipe_arc_secret(a);
+  if (!(a->arc_secret = malloc(len ? len : 1))) {
+    vpp_wipe(buf, len);
+    auth_error(L, a, VPP_CODE(out_of_memory), "not enough memory for the key file", 0);
+    return 0;
+  }
+  memcpy(a->arc_secret, buf, len);
+  a->arc_secret_len = len;
+  vpp_wipe(buf, len);
+  return 1;
+}
+
+/* Reads the token request's answer into the cache: 1; 2 when it was Azure
+ * Arc's challenge and the request goes again with the key; or 0 with nil,
+ * err pushed. */
 int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r) {
   const char *token;
   size_t len;
-  int top = lua_gettop(L), body = 0;
+  int top = lua_gettop(L), body = 0, answered_challenge = a->arc_secret != NULL;
   double lifetime;
+  wipe_arc_secret(a); /* good for one request */
   if (r->curl_code != CURLE_OK) {
-    auth_error(L, vpp_curl_code_name(r->curl_code),
+    auth_error(L, a, vpp_curl_code_name(r->curl_code),
                r->curl_message[0] ? r->curl_message : curl_easy_strerror(r->curl_code), 0);
     return 0;
   }
+  if (a->kind == VPP_CRED_MANAGED && a->mi_source == VPP_MI_ARC && r->status == 401 && !answered_challenge)
+    return take_arc_challenge(L, a, r) ? 2 : 0;
   if (vpp_json_decode(L, r->body.data, r->body.len, 0) && lua_istable(L, -1)) body = lua_gettop(L);
   if (r->status != 200 || !body) {
-    endpoint_error(L, r, body);
+    if (body) { /* App Service nests its error */
+      lua_getfield(L, body, "error");
+      if (lua_istable(L, -1)) {
+        lua_replace(L, body);
+      } else {
+        lua_pop(L, 1);
+      }
+    }
+    endpoint_error(L, a, r, body);
     lua_insert(L, top + 1);
     lua_insert(L, top + 1);
     lua_settop(L, top + 2);
@@ -330,19 +559,27 @@ int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r) {
   lua_getfield(L, body, "access_token");
   token = lua_tolstring(L, -1, &len);
   lifetime = number_field(L, body, "expires_in");
+  /* App Service gives only expires_on: seconds since the epoch. */
+  if (!(lifetime > 0) && number_field(L, body, "expires_on") > 0)
+    lifetime = number_field(L, body, "expires_on") - vpp_epoch();
   if (lua_type(L, -1) != LUA_TSTRING || len == 0 || !(lifetime > 0)) {
     lua_settop(L, top);
-    auth_error(L, VPP_CODE(invalid_response), "the token endpoint answered without access_token and expires_in",
-               r->status);
+    auth_error(L, a, VPP_CODE(invalid_response),
+               "the token endpoint answered without access_token and expires_in (or expires_on)", r->status);
     return 0;
   }
   if (!keep(a, token, len, lifetime)) {
     lua_settop(L, top);
-    auth_error(L, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
+    auth_error(L, a, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
     return 0;
   }
   lua_settop(L, top);
   return 1;
+}
+
+/* nil, err for a token request that could not be described (e filled). */
+int vpp_auth_fail(lua_State *L, const vpp_auth *a, const vpp_jwt_error *e) {
+  return auth_error(L, a, e->code, e->message, 0);
 }
 
 /* Calls the access_token function (uv.access_token): (token [, expires_at]).
@@ -356,7 +593,7 @@ int vpp_auth_take_provided(lua_State *L, vpp_auth *a) {
   token = lua_tolstring(L, -2, &len);
   if (lua_type(L, -2) != LUA_TSTRING || len == 0) {
     lua_pop(L, 2);
-    auth_error(L, VPP_CODE(no_token), "the access_token function returned no token", 0);
+    auth_error(L, a, VPP_CODE(no_token), "returned no token", 0);
     return 0;
   }
   if (lua_type(L, -1) == LUA_TNUMBER) {
@@ -365,7 +602,7 @@ int vpp_auth_take_provided(lua_State *L, vpp_auth *a) {
   }
   if (!keep(a, token, len, lifetime)) {
     lua_pop(L, 2);
-    auth_error(L, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
+    auth_error(L, a, VPP_CODE(out_of_memory), "not enough memory for the token", 0);
     return 0;
   }
   lua_pop(L, 2);

@@ -22,13 +22,15 @@
   X(invalid_token, "the access token contains control characters") \
   X(no_token, "the access_token function returned no token") \
   X(certificate_unreadable, "the client_certificate file cannot be read") \
-  X(certificate_invalid, "no usable PEM certificate in the client_certificate file") \
+  X(certificate_invalid, "no usable certificate in the client_certificate file (PEM, or PKCS#12 with its key)") \
   X(key_unreadable, "the client_key file cannot be read") \
-  X(key_password, "the private key could not be decrypted: wrong or missing client_key_password") \
+  X(key_password, "the private key (or PKCS#12 file) could not be decrypted: wrong or missing client_key_password") \
   X(key_invalid, "no PEM private key in the certificate or key file") \
   X(key_mismatch, "the private key does not match the certificate") \
   X(unsupported_key, "the certificate's key is not RSA (PS256 needs one)") \
   X(signing_failed, "libcrypto could not sign the client assertion") \
+  X(assertion_unreadable, "workload identity: the federated token file cannot be read, is empty or is over 64 KiB") \
+  X(arc_challenge, "managed identity on Azure Arc: the 401 challenge names no key file, or one outside the agent's token directory, not a .key file, over 4 KiB or unreadable") \
   X(sync_timeout, "wait_for_sync: the token was still syncing when opts.timeout ran out") \
   X(cancelled, "client:cancel() ended the call before this item finished") \
   X(deadline, "opts.deadline passed before this item finished") \

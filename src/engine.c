@@ -277,23 +277,26 @@ static void fetch_failed(lua_State *L, vpp_client *c) {
 /* Puts the token request on the multi handle; when it cannot be made (a
  * certificate that does not load), the runs get that error. */
 static void start_fetch(lua_State *L, vpp_client *c) {
-  static const char *const metadata[] = {"Metadata: true", NULL};
+  const char *lines[3];
   vpp_token_request tr;
   vpp_jwt_error e;
   vpp_request rq;
-  int rc;
+  int rc, k = 0, i;
   if (!vpp_auth_describe(&c->auth, &tr, &e)) {
-    vpp_error_push(L, "auth", 0, e.code, e.message, NULL);
+    vpp_auth_fail(L, &c->auth, &e);
     fetch_failed(L, c);
     return;
   }
+  for (i = 0; i < 2; i++)
+    if (tr.header[i].len) lines[k++] = tr.header[i].data;
+  lines[k] = NULL;
   memset(&rq, 0, sizeof rq);
   rq.post = tr.post;
   rq.url = tr.url.data;
   rq.body = tr.form.data;
   rq.body_len = tr.form.len;
-  rq.headers = tr.managed ? metadata : NULL;
-  rq.direct = tr.managed; /* the metadata endpoint is this machine's: never a proxy's */
+  rq.headers = k ? lines : NULL;
+  rq.direct = tr.managed; /* a managed identity's endpoint is this machine's: never a proxy's */
   rc = VPP_PREPARE_NOMEM;
   if (c->fetcher || (c->fetcher = vpp_transfer_new(&c->s, 0))) rc = vpp_transfer_prepare(c->fetcher, &rq);
   vpp_auth_request_free(&tr); /* the transfer has its own copy of the form */
@@ -395,7 +398,11 @@ static void fetch_done(lua_State *L, vpp_client *c, vpp_transfer *t) {
     }
   }
   ok = vpp_auth_accept(L, &c->auth, &t->reply);
-  if (!ok) fetch_failed(L, c);
+  if (ok == 2) {
+    start_fetch(L, c); /* Azure Arc's challenge taken: the same request, with the key */
+  } else if (!ok) {
+    fetch_failed(L, c);
+  }
 }
 
 /* ---- jobs -------------------------------------------------------------- */

@@ -46,6 +46,8 @@ static const option options[] = {
     {"client_key", OPT_OWNED, 0, 0, 0, 0},
     {"client_key_password", OPT_OWNED, 0, 0, 0, 0},
     {"managed_identity", OPT_OWNED, 0, 0, 0, 0},
+    {"client_assertion_file", OPT_OWNED, 0, 0, 0, 0},
+    {"send_certificate_chain", OPT_OWNED, 0, 0, 0, 0},
     {"imds_url", OPT_OWNED, 0, 0, 0, 0},
     {"authority", OPT_OWNED, 0, 0, 0, 0},
     {"scope", OPT_OWNED, 0, 0, 0, 0},

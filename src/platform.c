@@ -6,6 +6,7 @@
  * a port to another system changes this file alone. */
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -215,6 +216,45 @@ int vpp_std_fds(void) {
     }
   }
   return closed;
+}
+
+/* The key file an Azure Arc challenge names: only a regular file directly
+ * in dir (symbolic links resolved first), named *.key, of at most cap
+ * bytes, as Azure Identity checks it: the path comes from an HTTP answer.
+ * VPP_KEY_OK with its content in out (len bytes), or why not. */
+int vpp_read_key_file(const char *dir, const char *path, char *out, size_t cap, size_t *len) {
+  char rdir[PATH_MAX], rpath[PATH_MAX], *slash;
+  struct stat st;
+  size_t n, dlen;
+  ssize_t got;
+  int fd;
+  if (!realpath(dir, rdir) || !realpath(path, rpath)) return VPP_KEY_OUTSIDE;
+  slash = strrchr(rpath, '/');
+  dlen = strlen(rdir);
+  if (!slash || (size_t)(slash - rpath) != dlen || strncmp(rpath, rdir, dlen) != 0) return VPP_KEY_OUTSIDE;
+  n = strlen(slash + 1);
+  if (n <= 4 || strcmp(slash + 1 + n - 4, ".key") != 0) return VPP_KEY_NOT_KEY;
+  if ((fd = open(rpath, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)) < 0) return VPP_KEY_UNREADABLE;
+  if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    close(fd);
+    return VPP_KEY_UNREADABLE;
+  }
+  if ((size_t)st.st_size > cap) {
+    close(fd);
+    return VPP_KEY_TOO_LARGE;
+  }
+  n = 0;
+  while (n < (size_t)st.st_size && (got = read(fd, out + n, (size_t)st.st_size - n)) != 0) {
+    if (got < 0) {
+      if (errno == EINTR) continue;
+      close(fd);
+      return VPP_KEY_UNREADABLE;
+    }
+    n += (size_t)got;
+  }
+  close(fd);
+  *len = n;
+  return VPP_KEY_OK;
 }
 
 static int write_all(int fd, const char *data, size_t len) {

@@ -49,8 +49,11 @@ static size_t on_header(char *data, size_t size, size_t nmemb, void *ud) {
   size_t n = size * nmemb;
   if (n >= 5 && memcmp(data, "HTTP/", 5) == 0) {
     /* A new response (after a redirect or a 100): forget the last one's. */
-    r->request_id[0] = r->retry_after[0] = r->date[0] = '\0';
+    r->request_id[0] = r->retry_after[0] = r->date[0] = r->challenge[0] = '\0';
     r->body.len = 0;
+  } else if (n > 17 && (data[0] | 0x20) == 'w') { /* an identity endpoint's challenge (Azure Arc) */
+    if (header_is(data, n, "www-authenticate", 16))
+      copy_header_value(r->challenge, sizeof r->challenge, data + 17, n - 17);
   } else if (n > 5 && (data[0] | 0x20) == 'd') {
     if (header_is(data, n, "date", 4)) copy_header_value(r->date, sizeof r->date, data + 5, n - 5);
   } else if (n > 11 && (data[0] | 0x20) == 'r') { /* request-id, retry-after */
@@ -209,7 +212,7 @@ static void reset(vpp_transfer *t) {
   r->too_large = r->header_too_large = r->out_of_memory = r->redirect_refused = r->redirects = r->sent = 0;
   r->watchdog = 0;
   r->request_id[0] = r->retry_after[0] = r->curl_message[0] = r->client_request_id[0] = r->date[0] = '\0';
-  r->proxy[0] = '\0';
+  r->proxy[0] = r->challenge[0] = '\0';
   r->proxy_status = 0;
   t->active_at = t->started_at = vpp_now();
   t->moved = 0;

@@ -49,6 +49,8 @@ int vpp_wait_readable(const int *fds, int n, double timeout, int *ready);
 int vpp_file_mode(const char *path, unsigned *mode, long *uid);
 long vpp_uid(void);
 int vpp_std_fds(void);
+int vpp_read_key_file(const char *dir, const char *path, char *out, size_t cap, size_t *len);
+enum { VPP_KEY_OK, VPP_KEY_OUTSIDE, VPP_KEY_NOT_KEY, VPP_KEY_TOO_LARGE, VPP_KEY_UNREADABLE };
 int vpp_replace_file(const char *path, const char *data, size_t len);
 
 /* ==== base.c: buffers, wiping, randomness (OpenSSL's RAND_bytes) ==== */
@@ -113,6 +115,7 @@ double vpp_rate_take(vpp_ratelimit *r, double now, int write);
 typedef struct vpp_jwt_params {
   const char *cert_path, *key_path, *key_password, *audience, *client_id, *jti;
   long now;
+  int send_chain; /* x5c: the certificate and its chain in the header (subject name/issuer) */
 } vpp_jwt_params;
 
 typedef struct vpp_jwt_error {
@@ -143,6 +146,7 @@ typedef struct vpp_reply {
   char client_request_id[40]; /* the UUID we sent */
   char date[40];              /* the Date header: Graph's clock */
   char proxy[300];            /* the proxy it failed at (scheme://host:port), or "" */
+  char challenge[512];        /* WWW-Authenticate (Azure Arc names its key file there) */
   long proxy_status;          /* the proxy's answer to CONNECT, when it refused */
   char curl_message[CURL_ERROR_SIZE];
   vpp_buf body;
@@ -247,13 +251,30 @@ int vpp_transfer_redirect(vpp_transfer *t);
 
 /* ==== auth.c: credentials and the token cache; describes token requests
  * and reads their answers, sends nothing ==== */
-typedef enum { VPP_CRED_STATIC, VPP_CRED_FUNCTION, VPP_CRED_SECRET, VPP_CRED_CERTIFICATE, VPP_CRED_MANAGED } vpp_cred;
+typedef enum {
+  VPP_CRED_STATIC,
+  VPP_CRED_FUNCTION,
+  VPP_CRED_SECRET,
+  VPP_CRED_CERTIFICATE,
+  VPP_CRED_MANAGED,
+  VPP_CRED_FEDERATED /* workload identity: a federated token file as the client assertion */
+} vpp_cred;
+
+/* Where a managed identity's token comes from. */
+typedef enum { VPP_MI_IMDS, VPP_MI_APP_SERVICE, VPP_MI_ARC } vpp_mi_source;
 
 typedef struct vpp_auth {
   vpp_cred kind;
+  vpp_mi_source mi_source;
   /* Lua strings anchored by the client's user value table; NULL if unset */
   const char *tenant_id, *client_id, *client_secret, *cert_path, *key_path, *key_password;
   const char *authority, *scope, *imds_url, *cloud;
+  const char *assertion_path;          /* workload identity's token file, read at each fetch */
+  const char *mi_endpoint, *mi_header; /* App Service / Arc: IDENTITY_ENDPOINT, IDENTITY_HEADER */
+  const char *arc_key_dir;             /* where Arc's challenge may point */
+  int send_chain;                      /* x5c in the certificate's assertion */
+  char *arc_secret;                    /* the key file's content for the next request: wiped */
+  size_t arc_secret_len;
   char *token; /* the cached access token: C memory, wiped when dropped */
   size_t token_len;
   const char *fixed_token; /* a string access_token (anchored in uv) */
@@ -266,6 +287,7 @@ typedef struct vpp_auth {
  * the assertion: wipe it) and whether it is a POST. */
 typedef struct vpp_token_request {
   vpp_buf url, form;
+  vpp_buf header[2]; /* more header lines (NUL-terminated; may hold a secret: wiped) */
   int post, managed;
 } vpp_token_request;
 
@@ -275,6 +297,7 @@ int vpp_auth_take_provided(lua_State *L, vpp_auth *a);
 int vpp_auth_describe(const vpp_auth *a, vpp_token_request *rq, vpp_jwt_error *e);
 void vpp_auth_request_free(vpp_token_request *rq);
 int vpp_auth_accept(lua_State *L, vpp_auth *a, vpp_reply *r);
+int vpp_auth_fail(lua_State *L, const vpp_auth *a, const vpp_jwt_error *e);
 int vpp_auth_refreshable(const vpp_auth *a);
 void vpp_auth_drop(vpp_auth *a, unsigned generation);
 void vpp_auth_release(vpp_auth *a);

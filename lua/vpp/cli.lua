@@ -58,10 +58,14 @@ function M.parser(state)
     :command_target("command")
     :help_max_width(80)
     :epilog([[
-Credentials come from the environment, as in the Azure SDKs: GRAPH_ACCESS_TOKEN
-(a bearer token), or AZURE_TENANT_ID + AZURE_CLIENT_ID with AZURE_CLIENT_SECRET
-or AZURE_CLIENT_CERTIFICATE_PATH (+ AZURE_CLIENT_CERTIFICATE_PASSWORD), and
-AZURE_AUTHORITY_HOST. GRAPH_URL is the default of --graph-url.
+Credentials come from the environment, as Azure Identity's DefaultAzureCredential
+picks them, the first kind set: GRAPH_ACCESS_TOKEN (a bearer token); AZURE_TENANT_ID
++ AZURE_CLIENT_ID with AZURE_CLIENT_SECRET, or AZURE_CLIENT_CERTIFICATE_PATH (PEM or
+PFX; + AZURE_CLIENT_CERTIFICATE_PASSWORD, AZURE_CLIENT_SEND_CERTIFICATE_CHAIN), or
+AZURE_FEDERATED_TOKEN_FILE (workload identity); a managed identity (App Service:
+IDENTITY_ENDPOINT + IDENTITY_HEADER; Azure Arc: IDENTITY_ENDPOINT + IMDS_ENDPOINT;
+an Azure VM: --credential managed-identity; AZURE_CLIENT_ID picks a user-assigned
+one). AZURE_AUTHORITY_HOST; GRAPH_URL is the default of --graph-url.
 
 Exit codes: 0 done, 1 a failure (some items failed, or Graph could not be
 reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
@@ -83,6 +87,11 @@ reached, or --deadline passed), 64 a usage error, 130 interrupted (SIGINT),
     :convert(number_arg("--max-retries", { integer = true, min = 0, max = 100, what = "an integer from 0 to 100" }))
     :argname("N")
   p:option("--ca-file", "A PEM file of extra CAs to trust."):argname("FILE")
+  p:option("--credential", "Use only this kind of credential (default: the first set, in this order: token"
+    .. " GRAPH_ACCESS_TOKEN; env AZURE_CLIENT_SECRET or AZURE_CLIENT_CERTIFICATE_PATH; workload"
+    .. " AZURE_FEDERATED_TOKEN_FILE; managed-identity IDENTITY_ENDPOINT, or the Azure VM's metadata endpoint when"
+    .. " named).")
+    :choices { "token", "env", "workload", "managed-identity" }:argname("KIND")
   p:option("--proxy", "The proxy for Graph and the identity platform (default $VPP_PROXY; else libcurl's"
     .. " https_proxy, ALL_PROXY, NO_PROXY). No password here: others can read a command line;"
     .. " put user:password@ in VPP_PROXY.")
@@ -318,7 +327,9 @@ function Run:client(fleet, name)
     if not client then return nil, format.message(err), "credentials" end
     return client
   end
-  local ok, settings = pcall(env.settings, self:flag_settings())
+  local flags = self:flag_settings()
+  flags.credential = self.args.credential
+  local ok, settings = pcall(env.settings, flags)
   if not ok then return nil, format.message(settings), "credentials" end
   local made, client = pcall(vpp.new, settings)
   if not made then return nil, settings_message(client), "settings" end
@@ -1174,6 +1185,10 @@ local function run(args, ctx)
   end
   local tenants_file = parsed.tenants
   if tenants_file == nil and (os.getenv("VPP_TENANTS") or "") ~= "" then tenants_file = os.getenv("VPP_TENANTS") end
+  if tenants_file and parsed.credential then
+    output.err(usage, "\n\nvpp: --credential goes without --tenants (the tenants file names each tenant's credential)\n")
+    return usage_exit(name)
+  end
   if not tenants_file and (#parsed.tenant > 0 or parsed.shard) then
     output.err(usage, "\n\nvpp: --tenant and --shard go with --tenants\n")
     return usage_exit(name)

@@ -13,9 +13,10 @@ local M = {}
 local SETTINGS = { "client_id", "cloud", "authority", "base_url", "api_version", "rate_limit", "timeout",
   "connect_timeout", "max_retries", "ca_file", "proxy", "proxy_auth", "labels",
   "client_secret", "client_secret_env", "client_secret_file", "client_certificate", "client_key",
-  "client_key_password_env", "managed_identity", "imds_url", "access_token_env" }
+  "client_key_password_env", "send_certificate_chain", "client_assertion_file", "managed_identity", "imds_url",
+  "access_token_env" }
 local CREDENTIALS = { "client_secret", "client_secret_env", "client_secret_file", "client_certificate",
-  "managed_identity", "access_token_env" }
+  "client_assertion_file", "managed_identity", "access_token_env" }
 -- What the fleet reads itself (references to credentials, labels), not a
 -- vpp.new setting.
 local NOT_FOR_NEW = { client_secret_env = true, client_secret_file = true, client_key_password_env = true,
@@ -23,7 +24,8 @@ local NOT_FOR_NEW = { client_secret_env = true, client_secret_file = true, clien
 
 -- What goes with a credential: taken whole from the tenant or the defaults.
 local CREDENTIAL_GROUP = { "client_secret", "client_secret_env", "client_secret_file", "client_certificate",
-  "client_key", "client_key_password_env", "managed_identity", "imds_url", "access_token_env" }
+  "client_key", "client_key_password_env", "send_certificate_chain", "client_assertion_file", "managed_identity",
+  "imds_url", "access_token_env" }
 local in_group = {}
 for _, k in ipairs(CREDENTIAL_GROUP) do in_group[k] = true end
 local settable, tenant_keys = {}, { name = true, tenant_id = true }
