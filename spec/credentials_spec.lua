@@ -269,6 +269,51 @@ describe("credentials from the environment", function()
     end)
   end)
 
+  -- The same kinds set directly, in this process, so that the valgrind and
+  -- ASan runs see their C (PKCS#12, x5c, the assertion file, Arc's key).
+  describe("set directly", function()
+    local vpp = require "vpp"
+    local function list(settings)
+      local c = vpp.new(support.merged({ base_url = fx.server.url, authority = fx.server.url, rate_limit = false }, settings))
+      local got, err = c:list_tokens()
+      c:close()
+      return got, err
+    end
+
+    it("each kind gets a token, and a bad one its error", function()
+      fx.server:app { tenant = TENANT, client_id = APP, thumbprint = fx.certs.thumbprint, x5c = fx.certs.der_b64,
+        x5c_chain = 2 }
+      assert(list { tenant_id = TENANT, client_id = APP, client_certificate = tmp .. "/chain.pem",
+        send_certificate_chain = true })
+      fx.server:app { tenant = TENANT, client_id = APP, thumbprint = fx.certs.thumbprint }
+      assert(list { tenant_id = TENANT, client_id = APP, client_certificate = tmp .. "/with.pfx",
+        client_key_password = PFX_PASSWORD })
+      local _, err = list { tenant_id = TENANT, client_id = APP, client_certificate = tmp .. "/with.pfx" }
+      assert.equal("key_password", err.code)
+      assert.has_error(function() vpp.new { tenant_id = "t", client_id = "c", client_secret = "s",
+        send_certificate_chain = true } end, "vpp: opts.send_certificate_chain goes with opts.client_certificate")
+      local file = tmp .. "/direct-token"
+      sys.write_file(file, federated_jwt { iss = "i", sub = "s", aud = "api://AzureADTokenExchange", exp = os.time() + 60 })
+      fx.server:app { tenant = TENANT, client_id = APP, federated = { issuer = "i", subject = "s" } }
+      assert(list { tenant_id = TENANT, client_id = APP, client_assertion_file = file })
+      fx.server:app { tenant = TENANT, client_id = APP, identity_header = HEADER_SECRET, arc_key_dir = tmp .. "/tokens" }
+      assert(list { managed_identity = { source = "app_service", endpoint = fx.server.url .. "/msi/token",
+        identity_header = HEADER_SECRET } })
+      assert(list { managed_identity = { source = "arc", endpoint = fx.server.url .. "/arc/token",
+        arc_key_dir = tmp .. "/tokens" } })
+      fx.server:app { tenant = TENANT, client_id = APP, arc_key_dir = tmp .. "/tokens", arc_realm = "/etc/passwd" }
+      _, err = list { managed_identity = { source = "arc", endpoint = fx.server.url .. "/arc/token",
+        arc_key_dir = tmp .. "/tokens" } }
+      assert.equal("arc_challenge", err.code)
+      assert.has_error(function() vpp.new { managed_identity = { source = "arc" } } end,
+        'vpp: opts.managed_identity.endpoint is needed for source "app_service" or "arc" (IDENTITY_ENDPOINT)')
+      assert.has_error(function() vpp.new { managed_identity = { source = "app_service", endpoint = "http://127.0.0.1:1" } } end,
+        'vpp: opts.managed_identity.identity_header goes with source "app_service", and it needs one')
+      assert.has_error(function() vpp.new { managed_identity = { source = "cloud" } } end,
+        'vpp: opts.managed_identity.source must be "imds", "app_service" or "arc"')
+    end)
+  end)
+
   describe("the command", function()
     local cli
     setup(function() cli = support.install_cli() end)
