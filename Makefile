@@ -67,7 +67,7 @@ DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: rockspec all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
+.PHONY: rockspec deb deb-smoke build-cli install-cli all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -201,22 +201,46 @@ $(RELEASE_ROCKSPEC): rockspecs/lua-vpp-scm-1.rockspec src/vpp.h
 	sed -e 's/^version = "scm-1"/version = "$(VERSION)-1"/' -e 's/^  branch = "main",/  tag = "v$(VERSION)",/' \
 	  -e '/^-- The development rockspec/,/VPP_VERSION\.$$/c\-- Written by `make rockspec` from lua-vpp-scm-1.rockspec: edit that one.' $< > $@
 
-# The command runs on the Lua it was installed for; its man page and
-# completions go beside it.
-install: $(CORE) $(COMPLETIONS)
-	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop $(DESTDIR)$(BINDIR)
-	install -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DESTDIR)$(FISH_COMPLETION_DIR)
-	install -m 644 doc/vpp.1 $(DESTDIR)$(MANDIR)/man1/vpp.1
+# The command runs on the Lua it was installed for (LUA_SHEBANG); its man
+# page and completions go beside it.  install-cli is the command alone (the
+# Debian package's module comes from dh-lua).
+LUA_SHEBANG ?= /usr/bin/env $(LUA)
+build-cli: $(COMPLETIONS)
+install-cli: $(COMPLETIONS)
+	install -d $(DESTDIR)$(BINDIR) $(DESTDIR)$(BASH_COMPLETION_DIR) $(DESTDIR)$(ZSH_COMPLETION_DIR) $(DESTDIR)$(FISH_COMPLETION_DIR)
+	sed '1s|.*|#!$(LUA_SHEBANG)|' bin/vpp > $(DESTDIR)$(BINDIR)/vpp
+	chmod 755 $(DESTDIR)$(BINDIR)/vpp
 	install -m 644 $(BUILD)/completions/vpp.bash $(DESTDIR)$(BASH_COMPLETION_DIR)/vpp
 	install -m 644 $(BUILD)/completions/_vpp $(DESTDIR)$(ZSH_COMPLETION_DIR)/_vpp
 	install -m 644 $(BUILD)/completions/vpp.fish $(DESTDIR)$(FISH_COMPLETION_DIR)/vpp.fish
+
+install: $(CORE) install-cli
+	install -d $(DESTDIR)$(LUA_LIBDIR)/vpp $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop
+	install -d $(DESTDIR)$(MANDIR)/man1
+	install -m 644 doc/vpp.1 $(DESTDIR)$(MANDIR)/man1/vpp.1
 	install -m 755 $(CORE) $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so
 	install -m 644 lua/vpp.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua
 	install -m 644 lua/vpp/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/
 	install -m 644 lua/vpp/cli/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/cli/
 	install -m 644 lua/vpp/loop/*.lua $(DESTDIR)$(LUA_SHAREDIR)/vpp/loop/
-	sed '1s|.*|#!/usr/bin/env $(LUA)|' bin/vpp > $(DESTDIR)$(BINDIR)/vpp
-	chmod 755 $(DESTDIR)$(BINDIR)/vpp
+
+# The Debian packages (lua-vpp, lua-vpp-dev) into build/deb/, built from a
+# copy of the tree (dpkg-buildpackage writes beside its source), then
+# lintian on them: no error, no warning (debian/*.lintian-overrides say why).
+DEB_PACKAGES_BUILD = dh-lua debhelper devscripts lintian dpkg-dev fakeroot pkgconf
+deb:
+	@sh .ci/deps.sh $(DEB_PACKAGES_BUILD) $(DEB_PACKAGES)
+	rm -rf build/deb && mkdir -p build/deb/lua-vpp-$(VERSION)
+	tar --exclude=./build --exclude=./bench/node_modules --exclude=./.git -cf - . | tar -C build/deb/lua-vpp-$(VERSION) -xf -
+	cd build/deb/lua-vpp-$(VERSION) && dpkg-buildpackage -us -uc -b
+	lintian --fail-on error,warning build/deb/*.changes
+	@ls build/deb/*.deb
+
+# The packages installed on this machine (apt-get, as root), then the
+# installed command alone: its version, and a sync against the fake Graph.
+deb-smoke: deb
+	apt-get install -y -qq ./build/deb/lua-vpp_$(VERSION)_*.deb
+	env -u LUA_PATH -u LUA_CPATH $(LUA) fake-graph/deb_smoke.lua
 
 uninstall:
 	rm -f $(DESTDIR)$(LUA_LIBDIR)/vpp/core.so $(DESTDIR)$(LUA_SHAREDIR)/vpp.lua $(DESTDIR)$(BINDIR)/vpp
