@@ -62,12 +62,12 @@ CORE = $(BUILD)/vpp/core.so
 DEB_PACKAGES = gcc make pkg-config $(LUA_DEB) \
   libcurl4-openssl-dev libssl-dev lua-cjson lua-busted lua-socket nginx-light \
   libnginx-mod-http-lua openssl ca-certificates luarocks valgrind curl lua-check lua-argparse \
-  lua-cqueues lua-luv lua-yaml python3-prometheus-client bash util-linux tinyproxy
+  lua-cqueues lua-luv lua-yaml python3-prometheus-client bash util-linux tinyproxy lua-ldoc
 
 export LUA_PATH := $(CURDIR)/lua/?.lua;$(CURDIR)/lua/?/init.lua;$(CURDIR)/fake-graph/?.lua;;
 export LUA_CPATH := $(CURDIR)/$(BUILD)/?.so;;
 
-.PHONY: rockspec deb deb-smoke build-cli install-cli all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
+.PHONY: doc rockspec deb deb-smoke build-cli install-cli all deps demo test test-all valgrind asan tsan fuzz lint bench install uninstall clean
 
 all: $(CORE)
 
@@ -193,6 +193,11 @@ $(BUILD)/completions/_vpp: $(CORE) lua/vpp/cli.lua
 $(BUILD)/completions/vpp.fish: $(CORE) lua/vpp/cli.lua
 	@mkdir -p $(dir $@)
 	$(LUA) bin/vpp completion fish > $@.tmp && mv $@.tmp $@
+
+# The HTML reference (LDoc, config.ld) into doc/: the vpp table and the
+# client (doc/vpp.luadoc), and the pure Lua modules.
+doc: deps
+	ldoc .
 
 # The release rockspec, for the tag vVERSION, from the scm one.
 RELEASE_ROCKSPEC = rockspecs/lua-vpp-$(VERSION)-1.rockspec

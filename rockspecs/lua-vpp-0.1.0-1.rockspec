@@ -67,4 +67,6 @@ build = {
   install = { bin = { vpp = "bin/vpp" } },
   copy_directories = { "doc", "examples" },
 }
-test = { type = "busted" }
+-- The whole suite, as `make test` runs it: it builds the module in the
+-- tree and starts the fake Graph and the other servers it talks to.
+test = { type = "command", command = "make test" }

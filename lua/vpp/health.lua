@@ -1,6 +1,7 @@
 --- The health of VPP tokens, as `vpp check` and fleet:check judge it:
 -- expiry, state, sync (failed, stale), apps after a sync, and the licences
 -- of each token's VPP apps.  Pure Lua: the data comes from gather().
+-- @module vpp.health
 local tokens = require "vpp.tokens"
 
 local M = {}

@@ -1,5 +1,6 @@
 --- Working with token tables: Graph timestamps, filtering by state and
 -- expiry, counting.  Pure Lua, on the tables the client returns.
+-- @module vpp.tokens
 local M = {}
 
 local function days_from_civil(y, m, d)
