@@ -168,7 +168,7 @@ describe("vpp output", function()
       local vars = { "PATH=" .. path, "HOME=/tmp" }
       for k, v in pairs(env) do vars[#vars + 1] = k .. "=" .. v end
       local out = os.tmpname()
-      local _, code = sys.execute(("env -i %s sh %s >%s 2>&1"):format(table.concat(vars, " "), script, out))
+      local _, code = sys.execute(("env -i %s /bin/sh %s >%s 2>&1"):format(table.concat(vars, " "), script, out))
       local text = sys.read_file(out)
       os.remove(out)
       return code, text
@@ -178,11 +178,14 @@ describe("vpp output", function()
       local dir, clean = tmpdir()
       finally(clean)
       sys.write_file(dir .. "/vpp.prom", "good metrics\n")
-      local code, text = cron(dir, "/usr/bin:/bin")
+      -- A PATH with no vpp on it, even on a machine that has one installed
+      -- (the script needs nothing but sh's builtins).
+      os.execute("mkdir " .. dir .. "/empty-bin")
+      local code, text = cron(dir, dir .. "/empty-bin")
       assert.are_not.equal(0, code, text)
       assert.matches("left as it was", text)
       assert.equal("good metrics\n", sys.read_file(dir .. "/vpp.prom"))
-      assert.same({ "vpp.prom" }, ls(dir))
+      assert.same({ "empty-bin", "vpp.prom" }, ls(dir))
     end)
 
     it("replaces them when the check ran, WARNING included, and keeps them when it was UNKNOWN", function()

@@ -31,6 +31,8 @@ M.plural = plural
 
 --- Whole days, counted toward zero: 7.9 → 7, -22.4 → -22.  The table's
 -- DAYS column and the check's words count the same way.
+-- @number days a span in days
+-- @treturn integer whole days toward zero
 function M.whole_days(days)
   if days >= 0 then return math.floor(days) end
   return -math.floor(-days)
@@ -49,14 +51,18 @@ local function ago(seconds)
   return plural(math.floor(hours / 24), "day") .. " ago"
 end
 
---- The share of an app's licences in use, in percent, or nil (no licences).
+--- The share of an app's licences in use.
+-- @tparam table app a VPP app (`usedLicenseCount`, `totalLicenseCount`)
+-- @treturn number percent, or nil when it has no licences
 function M.percent_used(app)
   local total, used = tonumber(app.totalLicenseCount), tonumber(app.usedLicenseCount) or 0
   if not total or total <= 0 then return nil end
   return used / total * 100
 end
 
---- The name of an app for people.
+--- The name of an app for people: displayName, else bundleId, else id.
+-- @tparam table app a VPP app
+-- @treturn string the name ("-" when it has none)
 function M.app_name(app)
   for _, k in ipairs { "displayName", "bundleId", "id" } do
     if type(app[k]) == "string" and app[k] ~= "" then return app[k] end
@@ -66,6 +72,9 @@ end
 
 --- The VPP apps of token t among apps: its vppTokenId, else (no id on the
 -- app) the same Apple ID.
+-- @tparam table t a token
+-- @tparam table apps VPP apps (`client:list_vpp_apps`)
+-- @treturn table the token's apps
 function M.apps_of(t, apps)
   local out = {}
   for _, a in ipairs(apps or {}) do
@@ -77,7 +86,10 @@ function M.apps_of(t, apps)
   return out
 end
 
---- The options with the defaults filled in; severity: state -> level.
+--- The options with the defaults filled in.
+-- @tparam[opt] table opts `warn_days`, `crit_days`, `stale_hours`, `licenses_warn`, `licenses_crit`,
+-- `severity` (state -> level), `now`
+-- @treturn table a copy with the defaults (`M.defaults`, `M.default_severity`) filled in
 function M.options(opts)
   local o = {}
   for k, v in pairs(M.defaults) do o[k] = v end
@@ -95,6 +107,10 @@ end
 -- checked).  A threshold counts as the perfdata's range does: CRITICAL
 -- under crit_days, WARNING under warn_days, and licences at or above the
 -- percentages.
+-- @tparam table t a token
+-- @tparam table opts from `options`
+-- @tparam[opt] table apps the token's VPP apps (nil: licences not judged)
+-- @treturn table `{ level, reasons, days, sync_age, apps }`
 function M.judge(t, opts, apps)
   local level, reasons = M.OK, {}
   local function raise(l, why)
@@ -161,6 +177,9 @@ M.NUMBERS = NUMBERS
 -- (worst first), numbers, min_days, max_licenses }.  data: { tokens, apps
 -- (nil: licences not checked), apps_err (they could not be read) }, or
 -- just the list of tokens.
+-- @tparam table data `{ tokens, apps, apps_err }`, or a list of tokens
+-- @tparam table opts as for `options`
+-- @treturn table the report
 function M.evaluate(data, opts)
   opts = opts.severity and opts or M.options(opts)
   local list = data.tokens or data
@@ -233,6 +252,9 @@ function M.worse(a, b) return rank[a] > rank[b] end
 -- numbers, min_days, max_licenses, unknown, first = { tenant, j } }.  One
 -- Apple ID in two tenants is a WARNING on both (an Apple token can belong
 -- to one MDM only).
+-- @tparam table list `{ tenant, data | nil, err, labels }` per tenant
+-- @tparam table opts as for `options`
+-- @treturn table the fleet's report
 function M.evaluate_fleet(list, opts)
   opts = M.options(opts)
   local owners = {}
@@ -287,6 +309,10 @@ end
 -- client: { tokens, apps, apps_err }, or nil, err when the tokens cannot
 -- be listed.  opts: select, deadline (a function giving the seconds left,
 -- or a number), licenses.
+-- @tparam client client a client
+-- @tparam[opt] table opts `select`, `deadline`, `licenses`
+-- @treturn table `{ tokens, apps, apps_err }`
+-- @return or nil, err when the tokens cannot be listed
 function M.gather(client, opts)
   opts = opts or {}
   local function left()
