@@ -41,7 +41,9 @@ describe("vpp output", function()
     { { "list" }, 1 }, { { "list", "--format", "json" }, 1 }, { { "list", "--format", "csv" }, 1 },
     { { "get", A }, 1 }, { { "sync", A }, 1 }, { { "sync", "--all" }, 1 }, { { "sync", "--all", "--dry-run" }, 1 },
     { { "check" }, 3 }, { { "check", "--format", "json" }, 3 }, { { "check", "--format", "prometheus" }, 3 },
-    { { "licenses" }, 1 }, { { "set", A, "--auto-update", "on" }, 1 }, { { "help", "list" }, 1 },
+    { { "licenses" }, 1 }, { { "licenses", "--app", "com.example.notes", "--format", "json" }, 1 },
+    { { "set", A, "--auto-update", "on" }, 1 }, { { "sync-apps", "--organization", "org-1", A }, 1 },
+    { { "help", "list" }, 1 },
     { { "completion", "bash" }, 1 }, { { "--version" }, 1 }, { { "--help" }, 1 },
   }
 
