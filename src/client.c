@@ -547,14 +547,19 @@ static void push_encoded(lua_State *L, int idx) {
   luaL_pushresult(&b);
 }
 
-/* Pushes "?$select=a,b&$top=n&$filter=..." for the query table at q.  The
+/* Pushes "?$select=a,b&$top=n&$filter=..." for the query table at q (0:
+ * none), with base_filter (or NULL) and-ed with the query's filter.  The
  * pieces are pushed one by one and concatenated at the end. */
-static void push_query(lua_State *L, int q) {
+static void push_query(lua_State *L, int q, const char *base_filter) {
   int sel = lua_gettop(L) + 1;
   const char *sep = "?";
   static const char *const keys[] = {"select", "top", "filter", "deadline", NULL};
-  vpp_check_keys(L, q, keys, "query key", " (expected select, top, filter or deadline)");
-  lua_getfield(L, q, "select");
+  if (q) {
+    vpp_check_keys(L, q, keys, "query key", " (expected select, top, filter or deadline)");
+    lua_getfield(L, q, "select");
+  } else {
+    lua_pushnil(L);
+  }
   if (lua_type(L, sel) == LUA_TSTRING) {
     lua_createtable(L, 1, 0);
     lua_pushvalue(L, sel);
@@ -576,7 +581,11 @@ static void push_query(lua_State *L, int q) {
     }
     sep = "&";
   }
-  lua_getfield(L, q, "top");
+  if (q) {
+    lua_getfield(L, q, "top");
+  } else {
+    lua_pushnil(L);
+  }
   if (!lua_isnil(L, -1)) {
     int isint;
     lua_Integer top = lua_tointegerx(L, -1, &isint);
@@ -587,10 +596,23 @@ static void push_query(lua_State *L, int q) {
   } else {
     lua_pop(L, 1);
   }
-  lua_getfield(L, q, "filter");
+  if (q) {
+    lua_getfield(L, q, "filter");
+  } else {
+    lua_pushnil(L);
+  }
   if (!lua_isnil(L, -1)) {
     if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
       luaL_error(L, "vpp: query.filter must be a non-empty string");
+    if (base_filter) {
+      lua_pushfstring(L, "(%s) and (%s)", base_filter, lua_tostring(L, -1));
+      lua_remove(L, -2);
+    }
+  } else if (base_filter) {
+    lua_pop(L, 1);
+    lua_pushstring(L, base_filter);
+  }
+  if (!lua_isnil(L, -1)) {
     lua_pushfstring(L, "%s$filter=", sep);
     push_encoded(L, -2);
     lua_remove(L, -3);
@@ -683,21 +705,27 @@ static int list_run(lua_State *L, vpp_client *c, int url_idx, double deadline, i
   return vpp_client_run(L, c, 1, b);
 }
 
-/* client:list_tokens([query]): every page. */
-static int do_list_tokens(lua_State *L) {
+/* A list at action's URL, every page; the query (argument 2: select,
+ * top, filter, deadline) as push_query makes it, with base_filter. */
+static int list_call(lua_State *L, vpp_action action, const char *base_filter) {
   vpp_client *c = vpp_client_check(L, 1);
   double deadline = HUGE_VAL;
+  int q;
   if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
     luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
   lua_settop(L, 2);
-  vpp_client_push_action_url(L, c, VPP_LIST_TOKENS, 0, 0);
-  if (!lua_isnil(L, 2)) {
-    deadline = vpp_deadline_option(L, 2, "query.deadline");
-    push_query(L, 2);
+  q = lua_isnil(L, 2) ? 0 : 2;
+  vpp_client_push_action_url(L, c, action, 0, 0); /* 3 */
+  if (q) deadline = vpp_deadline_option(L, q, "query.deadline");
+  if (q || base_filter) {
+    push_query(L, q, base_filter);
     lua_concat(L, 2);
   }
   return list_run(L, c, 3, deadline, VPP_NEEDS_APPS_READ);
 }
+
+/* client:list_tokens([query]): every page. */
+static int do_list_tokens(lua_State *L) { return list_call(L, VPP_LIST_TOKENS, NULL); }
 
 /* Graph's own filter for the VPP apps among every mobileApp. */
 #define VPP_APPS_FILTER "isof('microsoft.graph.iosVppApp') or isof('microsoft.graph.macOsVppApp')"
@@ -706,40 +734,7 @@ static int do_list_tokens(lua_State *L) {
  * mobileApps, every page), with their licence counts and the VPP token
  * each uses.  query as list_tokens'; a query.filter is and-ed with the
  * filter on the two VPP types. */
-static int do_list_vpp_apps(lua_State *L) {
-  vpp_client *c = vpp_client_check(L, 1);
-  double deadline = HUGE_VAL;
-  if (!lua_isnoneornil(L, 2) && !lua_istable(L, 2))
-    luaL_argerror(L, 2, lua_pushfstring(L, "query must be a table, got %s", luaL_typename(L, 2)));
-  lua_settop(L, 2);
-  lua_newtable(L); /* 3: the query sent, a copy with the VPP filter */
-  if (!lua_isnil(L, 2)) {
-    deadline = vpp_deadline_option(L, 2, "query.deadline");
-    lua_pushnil(L);
-    while (lua_next(L, 2)) {
-      lua_pushvalue(L, -2);
-      lua_insert(L, -2);
-      lua_settable(L, 3);
-    }
-  }
-  lua_getfield(L, 3, "filter");
-  if (lua_isnil(L, -1)) {
-    lua_pop(L, 1);
-    lua_pushliteral(L, VPP_APPS_FILTER);
-  } else {
-    if (lua_type(L, -1) != LUA_TSTRING || lua_rawlen(L, -1) == 0)
-      luaL_error(L, "vpp: query.filter must be a non-empty string");
-    lua_pushliteral(L, "(" VPP_APPS_FILTER ") and (");
-    lua_insert(L, -2);
-    lua_pushliteral(L, ")");
-    lua_concat(L, 3);
-  }
-  lua_setfield(L, 3, "filter");
-  vpp_client_push_action_url(L, c, VPP_LIST_VPP_APPS, 0, 0); /* 4 */
-  push_query(L, 3);
-  lua_concat(L, 2);
-  return list_run(L, c, 4, deadline, VPP_NEEDS_APPS_READ);
-}
+static int do_list_vpp_apps(lua_State *L) { return list_call(L, VPP_LIST_VPP_APPS, VPP_APPS_FILTER); }
 
 /* client:licenses_for_app(bundle_id [, { deadline }]): Graph's license
  * summaries (every page).  The bundle id goes as an OData string literal:
