@@ -17,12 +17,14 @@ end
 
 local read, write = sys.read_file, sys.write_file
 
+--- A loopback port nothing listens on now (for a server of a spec's).
 local function free_port()
   local s = assert(socket.bind("127.0.0.1", 0))
   local _, port = s:getsockname()
   s:close()
   return tonumber(port)
 end
+M.free_port = free_port
 
 local function absolute(path)
   if path:sub(1, 1) == "/" then return path end

@@ -21,12 +21,7 @@ describe("the vpp command's manners", function()
     fx.server:apps { { token = A, displayName = "Notes", total = 10, used = 1 } }
   end)
 
-  local function with(extra)
-    local e = {}
-    for k, v in pairs(fx.env) do e[k] = v end
-    for k, v in pairs(extra) do e[k] = v end
-    return e
-  end
+  local function with(extra) return support.merged(fx.env, extra) end
 
   it("data on stdout, summaries and notes on stderr (none with -q), for every subcommand", function()
     local token_file = os.tmpname()

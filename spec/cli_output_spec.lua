@@ -18,6 +18,16 @@ local function ls(dir)
   return out
 end
 
+-- A temporary directory holding name with content (the file a run may
+-- replace); removed when the test ends.
+local function old_file(name, content)
+  local dir, clean = tmpdir()
+  finally(clean)
+  local file = dir .. "/" .. name
+  sys.write_file(file, content)
+  return dir, file
+end
+
 local function inode(path)
   return io.popen("stat -c %i " .. path):read("*l")
 end
@@ -92,10 +102,7 @@ describe("vpp output", function()
 
   describe("--output FILE", function()
     it("replaces FILE atomically when the run succeeds: a new inode, the old permissions, no file left beside it", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      local file = dir .. "/tokens.json"
-      sys.write_file(file, "old\n")
+      local dir, file = old_file("tokens.json", "old\n")
       os.execute("chmod 640 " .. file)
       local before = inode(file)
       local r = fx.cli.run({ "list", "--format", "json", "--output", file }, fx.env)
@@ -113,10 +120,7 @@ describe("vpp output", function()
     end)
 
     it("leaves FILE as it was when vpp fails before writing (Graph down, UNKNOWN, no credentials, a bad flag)", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      local file = dir .. "/vpp.prom"
-      sys.write_file(file, "good metrics\n")
+      local dir, file = old_file("vpp.prom", "good metrics\n")
       fx.server:program("@list", { { status = 503, error = "ServiceUnavailable", times = 20 } })
       local r = fx.cli.run({ "list", "--max-retries", "0", "--output", file }, fx.env)
       assert.equal(1, r.code)
@@ -132,10 +136,7 @@ describe("vpp output", function()
     end)
 
     it("leaves FILE as it was when the run is killed mid-run", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      local file = dir .. "/vpp.prom"
-      sys.write_file(file, "good metrics\n")
+      local dir, file = old_file("vpp.prom", "good metrics\n")
       fx.server:config { latency = 5 }
       local r = fx.cli.run({ "check", "--format", "prometheus", "--output", file }, fx.env,
         { shell = "{ {cmd} </dev/null >{out} 2>{err} & pid=$!; sleep 1; kill -KILL $pid; wait $pid; } 2>/dev/null" })
@@ -145,10 +146,7 @@ describe("vpp output", function()
     end)
 
     it("an unwritable directory: one line, the exit code says so, FILE as it was", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      local file = dir .. "/vpp.prom"
-      sys.write_file(file, "good metrics\n")
+      local dir, file = old_file("vpp.prom", "good metrics\n")
       os.execute("chmod 755 " .. fx.cli.prefix .. "; chmod 644 " .. file .. "; chmod 555 " .. dir)
       -- root writes anywhere: the command then runs as nobody.
       local as = sys.execute("[ \"$(id -u)\" = 0 ]") and "setpriv --reuid=65534 --regid=65534 --clear-groups " or ""
@@ -177,9 +175,7 @@ describe("vpp output", function()
     end
 
     it("keeps the old metrics and exits non-zero when vpp is not on PATH", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      sys.write_file(dir .. "/vpp.prom", "good metrics\n")
+      local dir = old_file("vpp.prom", "good metrics\n")
       -- A PATH with no vpp on it, even on a machine that has one installed
       -- (the script needs nothing but sh's builtins).
       os.execute("mkdir " .. dir .. "/empty-bin")
@@ -191,9 +187,7 @@ describe("vpp output", function()
     end)
 
     it("replaces them when the check ran, WARNING included, and keeps them when it was UNKNOWN", function()
-      local dir, clean = tmpdir()
-      finally(clean)
-      sys.write_file(dir .. "/vpp.prom", "good metrics\n")
+      local dir = old_file("vpp.prom", "good metrics\n")
       local path = fx.cli.prefix .. "/bin:/usr/bin:/bin"
       fx.server:tokens { support.vpp_token { id = A, expires_in_days = 10 } }
       local code, text = cron(dir, path)

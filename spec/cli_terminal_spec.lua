@@ -16,12 +16,7 @@ describe("the vpp command on a terminal", function()
     end
   end)
 
-  local function with(extra)
-    local e = {}
-    for k, v in pairs(fx.env) do e[k] = v end
-    for k, v in pairs(extra) do e[k] = v end
-    return e
-  end
+  local function with(extra) return support.merged(fx.env, extra) end
 
   it("colours the table on a terminal", function()
     local r = fx.cli.run({ "list" }, fx.env, { pty = true })

@@ -87,10 +87,7 @@ describe("proxies", function()
     assert.is_nil(list)
     assert.same({ "transport", true, 403 }, { err.kind, err.proxy, err.proxy_status })
     assert.matches("at the proxy " .. refusing.url:gsub("%p", "%%%0"), tostring(err))
-    local socket = require "socket"
-    local s = assert(socket.bind("127.0.0.1", 0))
-    local _, port = s:getsockname()
-    s:close()
+    local port = require("launcher").free_port()
     c = client { proxy = "http://127.0.0.1:" .. port }
     list, err = c:list_tokens()
     c:close()

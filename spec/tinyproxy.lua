@@ -4,18 +4,12 @@
 --   proxy.url, proxy:requests() (the request lines it logged), proxy:stop()
 local socket = require "socket"
 local sys = require "sys"
+local launcher = require "launcher"
 
 local M = {}
 
 local Proxy = {}
 Proxy.__index = Proxy
-
-local function free_port()
-  local s = assert(socket.bind("127.0.0.1", 0))
-  local _, port = s:getsockname()
-  s:close()
-  return tonumber(port)
-end
 
 --- Whether tinyproxy is installed (the specs pend without it).
 function M.available()
@@ -26,7 +20,7 @@ end
 -- others with 403), user and password (Basic authentication required).
 function M.start(opts)
   local dir = io.popen("mktemp -d /tmp/lua-vpp-proxy.XXXXXX"):read("*l")
-  local port = free_port()
+  local port = launcher.free_port()
   local lines = { "Port " .. port, "Listen 127.0.0.1", "Timeout 30", ('LogFile "%s/log"'):format(dir),
     "LogLevel Connect", ('PidFile "%s/pid"'):format(dir), "MaxClients 64", "Allow 127.0.0.1",
     "DisableViaHeader Yes" }
