@@ -201,12 +201,11 @@ local codes = { red = "31", green = "32", yellow = "33", cyan = "36", dim = "2",
 --- Whether to colour: when = "always", "never", or "auto" (the default:
 -- a terminal, that is not TERM=dumb, and no NO_COLOR -- https://no-color.org,
 -- any non-empty value).  terminal: whether the output is one.
-function M.use_colour(when, terminal, getenv)
-  getenv = getenv or os.getenv
+function M.use_colour(when, terminal)
   if when == "always" then return true end
   if when == "never" then return false end
-  local no = getenv("NO_COLOR")
-  return (no == nil or no == "") and getenv("TERM") ~= "dumb" and terminal and true or false
+  local no = os.getenv("NO_COLOR")
+  return (no == nil or no == "") and os.getenv("TERM") ~= "dumb" and terminal and true or false
 end
 
 --- Columns a string takes: its UTF-8 characters (bytes that do not continue
