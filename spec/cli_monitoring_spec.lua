@@ -180,8 +180,15 @@ describe("vpp licenses", function()
   end)
 
   it("--token ID (or its start) keeps one token's apps; json and csv carry the same rows", function()
+    fx.server:log()
     local r = fx.cli.run({ "licenses", "--token", A:sub(1, 8), "--format", "json" }, fx.env)
     assert.equal(0, r.code, r.err)
+    -- The start of an id is resolved against the one listing of the tokens.
+    local lists = 0
+    for _, e in ipairs(fx.server:log()) do
+      if e.uri:find("/vppTokens", 1, true) then lists = lists + 1 end
+    end
+    assert.equal(1, lists)
     local rows = cjson.decode(r.out)
     assert.equal(2, #rows)
     assert.same({ "Keynote", 9, 10, 1, 90 }, { rows[1].displayName, rows[1].usedLicenseCount, rows[1].totalLicenseCount,

@@ -429,9 +429,10 @@ local MIN_PREFIX = 8 -- the tables print 8 characters of an id
 -- id stays, a prefix of several ids, or one under 8 characters that is no
 -- id, is a usage error, and one that starts no id goes as given (Graph
 -- says whether it exists). nil, err when the listing fails.
-function Run:resolve(client, ids, soft)
+function Run:resolve(client, ids, soft, listed)
   -- soft: a problem is returned (nil, { usage = message }), not raised (a
   -- fleet's tenants resolve inside coroutines, where 5.1 cannot pcall).
+  -- listed: the tokens already listed, when the caller has them.
   local function problem(message)
     if soft then return nil, { usage = message } end
     usage_error(message)
@@ -442,7 +443,8 @@ function Run:resolve(client, ids, soft)
     if not id:match(GUID) then other = true end
   end
   if not other then return out end
-  local all, err = client:list_tokens { select = "id", deadline = self:left() }
+  local all, err = listed, nil
+  if not all then all, err = client:list_tokens { select = "id", deadline = self:left() } end
   if not all then return nil, err end
   local known = {}
   for _, t in ipairs(all) do
@@ -501,7 +503,7 @@ function Run:licenses(client)
   local all, err = client:list_tokens { select = select_of(client, "table"), deadline = self:left() }
   if not all then return fail(err) end
   if self.args.token then
-    local ids, lerr = self:resolve(client, { self.args.token })
+    local ids, lerr = self:resolve(client, { self.args.token }, false, all)
     if not ids then return fail(lerr) end
     local picked = {}
     for _, t in ipairs(all) do
